@@ -1,0 +1,172 @@
+"""Stage ``download``: fetch the dataset's four IDX files, verified, into ``paths.raw_dir``.
+
+Consumes: ``dataset`` (mirrors, file names, SHA-256 and size of the decompressed content) and
+``$DATA_MIRROR`` (a directory or URL tried before the configured mirrors; how machines without
+internet get the data). Produces: the decompressed IDX files in ``paths.raw_dir``.
+
+Each mirror is tried in order, with a bounded timeout and retries for transient failures; a mirror
+that fails (HTTP error, refused connection, timeout, truncated body, wrong content) is reported and
+the next one is tried. Content is verified by SHA-256 after decompression, decompression stops at the
+expected size (no gzip bomb fills the disk), and a file is renamed into place only once verified.
+Files already present and verified are kept, so re-running fetches nothing.
+
+Run: ``python -m pipeline.download`` (reads params.yaml), or ``dvc repro download``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.config import DatasetConfig, FileSpec, load_params
+from pipeline.errors import DataError, run_cli
+from pipeline.files import atomic_path
+from pipeline.redact import redact
+
+log = logging.getLogger(__name__)
+CHUNK = 1 << 20
+
+
+class MirrorFailure(Exception):
+    """One mirror could not deliver one file; ``transient`` failures are retried."""
+
+    def __init__(self, reason: str, transient: bool = False):
+        super().__init__(reason)
+        self.transient = transient
+
+
+@dataclass
+class DownloadResult:
+    files: dict[str, Path] = field(default_factory=dict)  # key (train_images, ...) -> verified raw file
+    sources: dict[str, str] = field(default_factory=dict)  # key -> where it came from (redacted), or "cached"
+
+
+def raw_name(spec: FileSpec) -> str:
+    return spec.file[:-3] if spec.file.endswith(".gz") else spec.file
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def is_verified(path: Path, spec: FileSpec) -> bool:
+    return path.is_file() and path.stat().st_size == spec.size and sha256_file(path) == spec.sha256
+
+
+def mirror_list(dataset: DatasetConfig, env: dict[str, str] | None = None) -> list[str]:
+    """$DATA_MIRROR first (a relative directory is taken from $DVC_ROOT when DVC runs us), then the config."""
+    env = os.environ if env is None else env
+    mirrors = list(dataset.mirrors)
+    extra = env.get("DATA_MIRROR", "").strip()
+    if extra:
+        if "://" not in extra and not os.path.isabs(extra) and env.get("DVC_ROOT"):
+            extra = os.path.join(env["DVC_ROOT"], extra)
+        mirrors.insert(0, extra)
+    return mirrors
+
+
+def _open(base: str, name: str, timeout: float):
+    """Open ``name`` under a mirror: a local directory, or a file://, http:// or https:// URL."""
+    if "://" not in base:
+        path = Path(base) / name
+        try:
+            return open(path, "rb")
+        except OSError as exc:
+            raise MirrorFailure(f"{exc.strerror}: {path}") from None
+    url = base.rstrip("/") + "/" + urllib.parse.quote(name)
+    try:
+        return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (schemes: the user's mirrors)
+    except urllib.error.HTTPError as exc:
+        raise MirrorFailure(f"HTTP {exc.code} {exc.reason}", transient=exc.code >= 500 or exc.code == 429) from None
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        transient = isinstance(reason, (TimeoutError, ConnectionError, OSError)) and not isinstance(
+            reason, FileNotFoundError
+        )
+        raise MirrorFailure(f"{reason}", transient=transient) from None
+    except (TimeoutError, ConnectionError) as exc:
+        raise MirrorFailure(f"{type(exc).__name__}: {exc}", transient=True) from None
+
+
+def _fetch_one(base: str, spec: FileSpec, dest: Path, timeout: float) -> None:
+    """Stream, decompress (bounded by spec.size), hash, and rename into place only if verified."""
+    with _open(base, spec.file, timeout) as stream, atomic_path(dest) as tmp:
+        h = hashlib.sha256()
+        total = 0
+        try:
+            with gzip.GzipFile(fileobj=stream) as gz, open(tmp, "wb") as out:
+                while chunk := gz.read(CHUNK):
+                    total += len(chunk)
+                    if total > spec.size:
+                        raise MirrorFailure(
+                            f"decompresses to more than the expected {spec.size} bytes (refused: possible gzip bomb)"
+                        )
+                    h.update(chunk)
+                    out.write(chunk)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+            raise MirrorFailure(f"truncated or corrupt gzip ({exc})", transient=True) from None
+        except (TimeoutError, ConnectionError) as exc:
+            raise MirrorFailure(f"{type(exc).__name__} while reading: {exc}", transient=True) from None
+        if total != spec.size:
+            raise MirrorFailure(f"decompressed size {total} != expected {spec.size}")
+        if h.hexdigest() != spec.sha256:
+            raise MirrorFailure(f"SHA-256 mismatch: got {h.hexdigest()}, expected {spec.sha256}")
+
+
+def fetch(spec: FileSpec, dest: Path, mirrors: list[str], timeout: float, retries: int) -> str:
+    """Get one verified file from the first mirror that delivers it; return that mirror (redacted)."""
+    failures: list[str] = []
+    for base in mirrors:
+        for attempt in range(1, retries + 1):
+            try:
+                _fetch_one(base, spec, dest, timeout)
+                return redact(base)
+            except MirrorFailure as exc:
+                last = f"{redact(base)}: {exc}"
+                log.warning("%s: %s (attempt %d/%d)", spec.file, last, attempt, retries)
+                if not exc.transient or attempt == retries:
+                    failures.append(last + (f" (after {attempt} attempts)" if attempt > 1 else ""))
+                    break
+                time.sleep(min(2.0 ** (attempt - 1), 8.0))
+    tried = "\n  ".join(failures) or "no mirror configured (set DATA_MIRROR or dataset.mirrors)"
+    raise DataError(f"{spec.file}: every mirror failed:\n  {tried}")
+
+
+def download(dataset: DatasetConfig, raw_dir: Path | str, env: dict[str, str] | None = None) -> DownloadResult:
+    """Make ``raw_dir`` hold the dataset's verified IDX files, fetching only what is missing or wrong."""
+    raw_dir = Path(raw_dir)
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    mirrors = mirror_list(dataset, env)
+    result = DownloadResult()
+    for key, spec in dataset.files.items():
+        dest = raw_dir / raw_name(spec)
+        if is_verified(dest, spec):
+            result.sources[key] = "cached"
+        else:
+            result.sources[key] = fetch(spec, dest, mirrors, dataset.timeout, dataset.retries)
+            log.info("%s: verified, from %s", dest, result.sources[key])
+        result.files[key] = dest
+    return result
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = load_params()
+    download(cfg.dataset, cfg.paths.raw_dir)
+
+
+if __name__ == "__main__":
+    run_cli(main)

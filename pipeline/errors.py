@@ -1,0 +1,32 @@
+"""Errors a user can cause (bad config, bad data, missing files), and how a stage reports them.
+
+A :class:`UserError` is a message for a person: the stage prints ``error: <message>`` (which names the
+file or key and what is wrong) and exits with status 2, without a traceback. Anything else is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+class UserError(Exception):
+    """Something the user can fix; the message says what and where."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config value is missing, unknown, of the wrong type or out of range."""
+
+
+class DataError(UserError):
+    """A data or model file is missing, corrupt, or not what the config says."""
+
+
+def run_cli(fn: Callable[[], object]) -> None:
+    """Run a stage's body; a UserError prints one clear line and exits 2."""
+    try:
+        fn()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,135 @@
+"""Stage ``evaluate``: test the saved model and report what it really scores.
+
+Consumes: ``paths.model`` (loaded with ``safe_mode``), ``paths.processed_dir``/test.npz, and the MLflow
+run id that train left in ``paths.run_info``. Produces: ``paths.metrics`` (``test_loss``,
+``test_accuracy``, ``test_samples``: DVC metrics), ``paths.confusion`` (actual,predicted per test image)
+and ``paths.per_class`` (accuracy per class): DVC plots; the same numbers, a confusion-matrix figure and
+the report files in the MLflow run that train opened.
+
+One forward pass gives the probabilities; accuracy is computed by scikit-learn from the argmax and
+cross-checked against Keras' sparse accuracy metric on the same probabilities, so a wrong metric (the
+seed's 0.0992 "accuracy") fails the stage instead of being reported.
+
+Run: ``python -m pipeline.evaluate`` (reads params.yaml), or ``dvc repro evaluate``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix
+
+from pipeline import tracking
+from pipeline.config import Config, load_params
+from pipeline.data import load_split
+from pipeline.errors import DataError, run_cli
+from pipeline.files import atomic_path, remove, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]  # test_loss, test_accuracy, test_samples
+    per_class_accuracy: list[float]
+    confusion: np.ndarray  # [actual, predicted] counts
+
+
+def load_model(path: Path | str) -> keras.Model:
+    """Load a Keras model with safe_mode (no arbitrary code from lambdas); a bad file names itself."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: model file not found (run the train stage: dvc repro train)")
+    try:
+        return keras.models.load_model(path, safe_mode=True)
+    except Exception as exc:  # Keras raises ValueError, OSError, zipfile errors... for a bad file
+        raise DataError(f"{path}: not a loadable Keras model ({type(exc).__name__}: {exc})") from None
+
+
+def score(model: keras.Model, x: np.ndarray, y: np.ndarray, num_classes: int) -> EvalResult:
+    probs = np.asarray(model.predict(x, batch_size=1000, verbose=0), dtype=np.float32)
+    pred = probs.argmax(axis=1)
+    accuracy = float(accuracy_score(y, pred))
+    keras_accuracy = float(keras.metrics.SparseCategoricalAccuracy()(y, probs))
+    if abs(accuracy - keras_accuracy) > 1e-6:
+        raise AssertionError(f"accuracy cross-check failed: scikit-learn {accuracy} != Keras {keras_accuracy}")
+    loss = float(np.mean(keras.losses.sparse_categorical_crossentropy(y, probs)))
+    cm = confusion_matrix(y, pred, labels=list(range(num_classes)))
+    per_class = (cm.diagonal() / np.maximum(cm.sum(axis=1), 1)).tolist()
+    metrics = {"test_loss": loss, "test_accuracy": accuracy, "test_samples": int(len(y))}
+    return EvalResult(metrics, per_class, cm)
+
+
+def evaluate(cfg: Config) -> EvalResult:
+    paths = cfg.paths
+    remove(paths.metrics, paths.confusion, paths.per_class)
+    model = load_model(paths.model)
+    x, y = load_split(paths.processed_dir, "test", cfg.dataset.num_classes)
+    result = score(model, x, y, cfg.dataset.num_classes)
+    write_reports(cfg, result, y)
+    if tracking.active():
+        log_to_mlflow(cfg, result)
+    log.info("test_accuracy %.4f, test_loss %.4f", result.metrics["test_accuracy"], result.metrics["test_loss"])
+    return result
+
+
+def write_reports(cfg: Config, result: EvalResult, y: np.ndarray) -> None:
+    paths = cfg.paths
+    with atomic_path(paths.confusion) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["actual", "predicted"])
+        # One row per image, expanded from the matrix: what DVC's confusion template plots.
+        for actual, row in enumerate(result.confusion):
+            for predicted, count in enumerate(row):
+                writer.writerows([[actual, predicted]] * int(count))
+    with atomic_path(paths.per_class) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "accuracy"])
+        writer.writerows([c, round(a, 6)] for c, a in enumerate(result.per_class_accuracy))
+    write_json(paths.metrics, result.metrics)
+
+
+def log_to_mlflow(cfg: Config, result: EvalResult) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import mlflow
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    paths = cfg.paths
+    per_class = {f"test_accuracy_class_{c}": a for c, a in enumerate(result.per_class_accuracy)}
+    tracking.log_metrics({**result.metrics, **per_class})
+    for path in (paths.metrics, paths.per_class, paths.confusion):
+        tracking.log_artifact(path, "reports")
+    display = ConfusionMatrixDisplay(result.confusion)
+    display.plot(values_format="d", colorbar=False)
+    display.ax_.set_title(f"test accuracy {result.metrics['test_accuracy']:.4f}")
+    tracking.retry(mlflow.log_figure, display.figure_, "plots/confusion_matrix.png")
+
+
+def read_run_info(path: Path | str) -> str:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())["run_id"]
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; it names the MLflow run of the train stage (dvc repro train)") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not a valid run record ({exc})") from None
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = load_params()
+    run_id = read_run_info(cfg.paths.run_info)
+    with tracking.start_run(cfg, run_id=run_id):
+        evaluate(cfg)
+
+
+if __name__ == "__main__":
+    run_cli(main)

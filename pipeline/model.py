@@ -1,0 +1,44 @@
+"""The seed's ``Basic_CNN`` and its optimizers, built from the config.
+
+Consumes: ``model`` and ``optimizer`` config. Produces: a Keras model (1,676,266 parameters with the
+defaults) and a Keras optimizer whose arguments are the config's keys, named as Keras names them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+from keras import layers
+
+from pipeline.config import ModelConfig, OptimizerConfig
+
+SEED_PARAMETERS = 1_676_266
+OPTIMIZER_CLASSES = {"sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam}
+
+
+def build_model(cfg: ModelConfig, num_classes: int = 10, input_shape: tuple[int, ...] = (28, 28, 1)) -> keras.Model:
+    """Two (per ``filters``) blocks of [Conv-ReLU, Conv-ReLU, MaxPool, Dropout], then the dense head."""
+    inputs = layers.Input(input_shape)
+    net = inputs
+    for filters in cfg.filters:
+        for _ in range(2):
+            net = layers.Conv2D(filters, cfg.kernel_size, padding="same")(net)
+            net = layers.Activation("relu")(net)
+        net = layers.MaxPooling2D(pool_size=cfg.pool_size)(net)
+        net = layers.Dropout(cfg.conv_dropout)(net)
+    net = layers.Flatten()(net)
+    net = layers.Dense(cfg.dense_units)(net)
+    net = layers.Activation("relu")(net)
+    net = layers.Dropout(cfg.dense_dropout)(net)
+    net = layers.Dense(num_classes)(net)
+    # float32 probabilities even under a mixed-precision policy: a stable loss and exact argmax ties.
+    outputs = layers.Activation("softmax", dtype="float32")(net)
+    return keras.Model(inputs=inputs, outputs=outputs, name="Basic_CNN")
+
+
+def build_optimizer(cfg: OptimizerConfig, lr_scale: float = 1.0) -> keras.optimizers.Optimizer:
+    kwargs = dataclasses.asdict(cfg)
+    name = kwargs.pop("name")
+    kwargs["learning_rate"] = kwargs["learning_rate"] * lr_scale
+    return OPTIMIZER_CLASSES[name](**kwargs)

@@ -1,0 +1,59 @@
+"""Stage ``preprocess``: IDX files -> ``train.npz`` and ``test.npz`` in ``paths.processed_dir``.
+
+Consumes: the verified IDX files in ``paths.raw_dir`` (see :mod:`pipeline.download`).
+Produces: one ``.npz`` per split with ``x``, float32 images scaled to [0, 1] and shaped (N, 28, 28, 1),
+and ``y``, uint8 labels (N,). No pickles; bytes are deterministic; written atomically. NumPy only:
+this stage does not import TensorFlow.
+
+Run: ``python -m pipeline.preprocess`` (reads params.yaml), or ``dvc repro preprocess``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import DatasetConfig, load_params
+from pipeline.data import SPLITS, read_split, save_npz
+from pipeline.download import raw_name
+from pipeline.errors import run_cli
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreprocessResult:
+    paths: dict[str, Path]  # split -> .npz
+    counts: dict[str, int]  # split -> samples
+
+
+def preprocess(dataset: DatasetConfig, raw_dir: Path | str, processed_dir: Path | str) -> PreprocessResult:
+    raw_dir, processed_dir = Path(raw_dir), Path(processed_dir)
+    paths, counts = {}, {}
+    for split in SPLITS:
+        images, labels = read_split(
+            raw_dir / raw_name(dataset.files[f"{split}_images"]),
+            raw_dir / raw_name(dataset.files[f"{split}_labels"]),
+            dataset.num_classes,
+        )
+        # Scale by multiplying into a preallocated float32 array: no float64 intermediate.
+        x = np.empty(images.shape + (1,), dtype=np.float32)
+        np.multiply(images[..., None], np.float32(1.0 / 255.0), out=x)
+        paths[split] = processed_dir / f"{split}.npz"
+        save_npz(paths[split], x=x, y=labels)
+        counts[split] = len(labels)
+        log.info("%s: %d samples, images %s", paths[split], len(labels), x.shape)
+    return PreprocessResult(paths, counts)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = load_params()
+    preprocess(cfg.dataset, cfg.paths.raw_dir, cfg.paths.processed_dir)
+
+
+if __name__ == "__main__":
+    run_cli(main)
