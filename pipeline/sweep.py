@@ -1,0 +1,249 @@
+"""One MLflow parent run per Hydra multirun, and a table of its jobs' results at the end.
+
+Configured in ``conf/config.yaml`` (``hydra.callbacks``), so every ``python -m pipeline.run -m ...``
+uses it; a single run (no ``-m``) creates no parent.
+
+Consumes: the multirun's config (sweep overrides, sweep folder, tracking settings) and the child runs
+that the jobs of :mod:`pipeline.run` log. Produces: a parent run (created with ``MlflowClient``, never
+the process's active run) named ``sweep-<time>-<swept keys>`` and tagged with the sweep's overrides and
+folder; ``<sweep dir>/mlflow_parent_run.json`` with its id, which every job reads (also in joblib's
+worker processes) to become its child; at the end, the children's results sorted by test accuracy,
+printed and logged on the parent as ``sweep_results.md``, ``sweep_results.csv`` and an MLflow table.
+
+The parent ends FINISHED when every child finished, FAILED otherwise; if the sweep dies on the way
+(an exception, Ctrl+C, SIGTERM) an exit hook marks it FAILED (KILLED for a signal) rather than leaving
+it RUNNING.
+"""
+
+from __future__ import annotations
+
+import atexit
+import csv
+import io
+import logging
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("overrides", "test_accuracy", "test_loss", "train_time_s")
+EXTRA_COLUMNS = ("val_accuracy", "status", "run_id")
+MAX_CHILDREN = 10_000
+
+
+def swept_keys(config: DictConfig) -> list[str]:
+    """Keys a sweep varies: sweep overrides on the command line, plus a sweeper's own ``params``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [str(o) for o in config.hydra.overrides.task]
+    keys = [o.get_key_element().lstrip("+~") for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
+    params = OmegaConf.select(config, "hydra.sweeper.params")
+    if isinstance(params, DictConfig):
+        keys += [str(k) for k in params.keys() if str(k) not in keys]
+    return keys
+
+
+def results_rows(children: list[Any]) -> list[dict[str, Any]]:
+    """One row per child run, best test accuracy first (runs without one last)."""
+    rows = []
+    for run in children:
+        m = run.data.metrics
+        rows.append(
+            {
+                "overrides": run.data.tags.get("overrides", ""),
+                "test_accuracy": m.get("test_accuracy"),
+                "test_loss": m.get("test_loss"),
+                "train_time_s": m.get("train_time_s"),
+                "val_accuracy": m.get("val_accuracy"),
+                "status": run.info.status,
+                "run_id": run.info.run_id,
+            }
+        )
+    rows.sort(key=lambda r: -r["test_accuracy"] if _is_number(r["test_accuracy"]) else math.inf)
+    return rows
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not math.isnan(v)
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    cols = list(COLUMNS)
+    if any(r["val_accuracy"] is not None for r in rows):
+        cols.append("val_accuracy")
+    return cols + ["status", "run_id"]
+
+
+def _fmt(key: str, v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.2f}" if key == "train_time_s" else f"{v:.4f}"
+    return str(v)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table (tabulate's pipe format when installed, the same layout by hand otherwise)."""
+    cols = _columns(rows)
+    cells = [[_fmt(c, r[c]) for c in cols] for r in rows]
+    try:
+        from tabulate import tabulate
+    except ImportError:
+        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+        line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
+        return "\n".join([line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
+    return tabulate(cells, headers=cols, tablefmt="pipe", disable_numparse=True)
+
+
+def format_csv(rows: list[dict[str, Any]]) -> str:
+    cols = _columns(rows)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(cols)
+    writer.writerows([["" if r[c] is None else r[c] for c in cols] for r in rows])
+    return buf.getvalue()
+
+
+class SweepCallback(Callback):
+    """Hydra callback: a parent MLflow run around each multirun (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.parent_run_id: str | None = None
+        self.experiment_id: str | None = None
+        self.tracking_uri: str | None = None
+        self._done = False
+        self._signalled = False
+
+    # Hydra pickles callbacks into joblib's workers: keep only plain state there.
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow import MlflowClient
+
+        from pipeline import tracking
+        from pipeline.config import validate
+        from pipeline.errors import UserError
+        from pipeline.files import write_json
+        from pipeline.run import PARENT_RUN_FILE, ensure_data
+
+        try:
+            cfg = validate(config, source="config")
+            ensure_data(cfg)  # once for the sweep, before any job (jobs then only read the stamp)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        overrides = [str(o) for o in config.hydra.overrides.task]
+        keys = swept_keys(config)
+        name = "sweep-" + time.strftime("%Y%m%d-%H%M%S") + (f"-{'-'.join(keys)}" if keys else "")
+        # The experiment (and the SQLite schema) is created here, once, before parallel jobs start.
+        self.experiment_id = tracking.setup(cfg.tracking)
+        self.tracking_uri = tracking.tracking_uri(cfg.tracking)
+        tags = tracking.run_tags(
+            cfg,
+            {
+                "sweep": "true",
+                "sweep_overrides": " ".join(overrides),
+                "sweep_keys": ",".join(keys),
+                "sweep_dir": str(sweep_dir),
+                "hydra_sweeper": str(OmegaConf.select(config, "hydra.sweeper._target_") or ""),
+                "hydra_launcher": str(OmegaConf.select(config, "hydra.launcher._target_") or ""),
+            },
+        )
+        tags.pop("optimizer", None)  # the parent spans optimizers
+        client = MlflowClient(self.tracking_uri)
+        run = tracking.retry(client.create_run, self.experiment_id, run_name=name, tags=tags)
+        self.parent_run_id = run.info.run_id
+        write_json(
+            sweep_dir / PARENT_RUN_FILE,
+            {"run_id": self.parent_run_id, "experiment_id": self.experiment_id, "run_name": name},
+        )
+        atexit.register(self._finish_if_running)
+        self._catch_sigterm()
+        print(f"MLflow parent run {self.parent_run_id} ({name}) in {tracking.redact(self.tracking_uri)}", flush=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self.finish(failed=False)
+
+    # ------------------------------------------------------------------ ending the parent
+
+    def finish(self, failed: bool, status: str | None = None) -> str | None:
+        """Collect the children, print and log the table, end the parent; return its final status."""
+        if self.parent_run_id is None or self._done:
+            return None
+        self._done = True
+        from mlflow import MlflowClient
+
+        from pipeline import tracking
+
+        client = MlflowClient(self.tracking_uri)
+        children = tracking.retry(
+            client.search_runs,
+            [self.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
+            max_results=MAX_CHILDREN,
+        )
+        rows = results_rows(children)
+        table = format_table(rows) if rows else "(no child runs)"
+        print(f"\nSweep results ({len(rows)} runs, parent {self.parent_run_id}), best test_accuracy first:\n{table}", flush=True)
+        if any(r["status"] != "FINISHED" for r in rows):
+            failed = True
+        try:
+            if rows:
+                tracking.retry(client.log_text, self.parent_run_id, table + "\n", "sweep_results.md")
+                tracking.retry(client.log_text, self.parent_run_id, format_csv(rows), "sweep_results.csv")
+                self._log_table(client, rows)
+            best = next((r for r in rows if _is_number(r["test_accuracy"])), None)
+            metrics = {"child_runs": len(rows), "failed_child_runs": sum(r["status"] != "FINISHED" for r in rows)}
+            if best:
+                metrics["best_test_accuracy"] = best["test_accuracy"]
+                tracking.retry(client.set_tag, self.parent_run_id, "best_run_id", best["run_id"])
+                tracking.retry(client.set_tag, self.parent_run_id, "best_overrides", best["overrides"])
+            for key, value in metrics.items():
+                tracking.retry(client.log_metric, self.parent_run_id, key, float(value))
+        finally:
+            final = status or ("FAILED" if failed else "FINISHED")
+            tracking.retry(client.set_terminated, self.parent_run_id, final)
+        return final
+
+    def _log_table(self, client: Any, rows: list[dict[str, Any]]) -> None:
+        from pipeline import tracking
+
+        try:
+            import pandas  # noqa: F401  (mlflow's log_table needs it)
+        except ImportError:
+            return
+        data = {c: [r[c] for r in rows] for c in _columns(rows)}
+        tracking.retry(client.log_table, self.parent_run_id, data=data, artifact_file="sweep_results.json")
+
+    def _finish_if_running(self) -> None:
+        """Exit hook: a sweep that did not reach on_multirun_end leaves no RUNNING parent behind."""
+        if self._done or self.parent_run_id is None:
+            return
+        try:
+            self.finish(failed=True, status="KILLED" if self._signalled else "FAILED")
+        except Exception as exc:  # the interpreter is exiting: report, never raise
+            print(f"warning: could not end MLflow parent run {self.parent_run_id}: {exc}", file=sys.stderr)
+
+    def _catch_sigterm(self) -> None:
+        """SIGTERM unwinds the sweep (so the exit hook runs) instead of killing the process outright."""
+        from pipeline.tracking import Terminated
+
+        def handler(signum: int, frame: Any) -> None:
+            self._signalled = True
+            raise Terminated(f"signal {signum}")
+
+        try:
+            if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+                signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not the main thread
+            pass
