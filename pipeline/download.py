@@ -15,6 +15,7 @@ Run: ``python -m pipeline.download`` (reads params.yaml), or ``dvc repro downloa
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import logging
@@ -87,8 +88,15 @@ def _open(base: str, name: str, timeout: float):
         except OSError as exc:
             raise MirrorFailure(f"{exc.strerror}: {path}") from None
     url = base.rstrip("/") + "/" + urllib.parse.quote(name)
+    parts = urllib.parse.urlsplit(url)
+    headers = {}
+    if parts.username is not None:  # user:password@host -> HTTP basic auth, never part of the request line
+        token = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
+        url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
     try:
-        return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (schemes: the user's mirrors)
+        request = urllib.request.Request(url, headers=headers)
+        return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (schemes: the user's mirrors)
     except urllib.error.HTTPError as exc:
         raise MirrorFailure(f"HTTP {exc.code} {exc.reason}", transient=exc.code >= 500 or exc.code == 429) from None
     except urllib.error.URLError as exc:

@@ -158,6 +158,53 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _ledger(uri: str) -> Path:
+    """Folder of pid files for this store's runs in progress (SIGKILL gives no chance to end a run)."""
+    return project_root() / ".cache" / "mlflow-active" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_orphans(uri: str) -> list[str]:
+    """Mark KILLED the runs whose process died without ending them (SIGKILL, power loss); return their ids."""
+    reaped = []
+    folder = _ledger(uri)
+    for entry in folder.glob("*.pid") if folder.is_dir() else []:
+        try:
+            pid = int(entry.read_text().strip())
+        except (OSError, ValueError):
+            pid = -1
+        if pid > 0 and _pid_alive(pid):
+            continue
+        run_id = entry.stem
+        with contextlib.suppress(MlflowException):
+            client = mlflow.MlflowClient(uri)
+            if retry(client.get_run, run_id).info.status == "RUNNING":
+                retry(client.set_terminated, run_id, status="KILLED")
+                reaped.append(run_id)
+        entry.unlink(missing_ok=True)
+    return reaped
+
+
+@contextlib.contextmanager
+def _in_ledger(uri: str, run_id: str) -> Iterator[None]:
+    entry = _ledger(uri) / f"{run_id}.pid"
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    entry.write_text(str(os.getpid()))
+    try:
+        yield
+    finally:
+        entry.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def start_run(
     cfg: Config,
@@ -167,6 +214,7 @@ def start_run(
 ) -> Iterator[mlflow.ActiveRun]:
     """Start (or, with ``run_id``, reopen) a run; end it FINISHED, FAILED or KILLED as the block ends."""
     experiment_id = setup(cfg.tracking)
+    reap_orphans(mlflow.get_tracking_uri())
     all_tags = run_tags(cfg, tags)
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
@@ -185,7 +233,7 @@ def start_run(
                 f"{redact(tracking_uri(cfg.tracking))}: {exc.message}; rerun the train stage"
             ) from None
         raise
-    with _sigterm_raises():
+    with _sigterm_raises(), _in_ledger(mlflow.get_tracking_uri(), run.info.run_id):
         try:
             if run_id is None:
                 retry(mlflow.log_params, config_params(cfg))

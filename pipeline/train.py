@@ -16,6 +16,7 @@ completes), or ``dvc repro train``.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -75,6 +76,18 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         tracking.log_metrics(metrics, step=epoch)
 
 
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore whose backups are renamed into place: a kill during a save leaves the previous one."""
+
+    def _save_model(self):
+        folder = Path(self.backup_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp_weights = folder / "partial.weights.h5"  # Keras insists on the .weights.h5 suffix
+        self.model.save_weights(str(tmp_weights), overwrite=True)
+        os.replace(tmp_weights, self._weights_path)
+        write_json(self._training_metadata_path, {"epoch": self._current_epoch, "batch": self._last_batch_seen})
+
+
 def fit_verbosity(train: TrainConfig) -> int:
     if train.verbose == "auto":
         return 1 if sys.stdout.isatty() else 2  # a progress bar for people, one line per epoch for logs
@@ -116,7 +129,7 @@ def train(cfg: Config) -> TrainResult:
             validation_split=t.validation_split,
             verbose=fit_verbosity(t),
             callbacks=[
-                keras.callbacks.BackupAndRestore(str(backup), save_freq=t.backup_every),
+                AtomicBackupAndRestore(str(backup), save_freq=t.backup_every),
                 keras.callbacks.CSVLogger(str(history_tmp)),
                 MlflowEpochLogger(),
             ],
