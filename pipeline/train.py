@@ -155,12 +155,28 @@ def train(cfg: Config) -> TrainResult:
     return result
 
 
+def model_requirements() -> list[str]:
+    """What serving the model needs, from the installed versions: MLflow's own inference of this
+    list reloads the model in a subprocess and costs 6-8 s a run here."""
+    from importlib import metadata
+
+    reqs = []
+    for dist in ("tensorflow", "tensorflow-cpu", "keras", "numpy"):
+        try:
+            reqs.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return reqs
+
+
 def log_model(model: keras.Model, example: np.ndarray) -> None:
     import mlflow
     from mlflow.models import infer_signature
 
     signature = infer_signature(example, np.asarray(model(example, training=False)))
-    tracking.retry(mlflow.keras.log_model, model, name="model", signature=signature)
+    tracking.retry(
+        mlflow.keras.log_model, model, name="model", signature=signature, pip_requirements=model_requirements()
+    )
 
 
 def main() -> None:

@@ -1,0 +1,171 @@
+"""Paired benchmark: the seed's script (A) against this project's whole ``dvc repro -f`` (B).
+
+Consumes: a local MNIST mirror ($DATA_MIRROR or --mirror) and optional Hydra overrides for B (to compare
+profiles the same way, e.g. ``train=fast``). Produces: a table on stdout and a JSON record in
+``benchmarks/results/``: each run's wall time and test accuracy, per-pair ratios B/A and their median,
+B's train-stage throughput in GFLOP/s, and a matmul peak (fp32, bf16) measured in the same run.
+
+Runs alternate A B A B so that the machine's load drifts over both sides alike; only the medians and
+ratios of such pairs are worth quoting on a shared machine.
+
+Run: ``python benchmarks/compare.py --pairs 3 [overrides...]`` (about 2 minutes a pair on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED_SCRIPT = ROOT / "benchmarks" / "seed_mnist.py"
+
+MATMUL = """
+import time, tensorflow as tf
+n = 2048
+for dtype in (tf.float32, tf.bfloat16):
+    a = tf.random.normal((n, n), dtype=tf.float32); a = tf.cast(a, dtype); b = tf.identity(a)
+    tf.linalg.matmul(a, b).numpy()
+    best = 0.0
+    for _ in range(5):
+        t = time.perf_counter(); r = [tf.linalg.matmul(a, b) for _ in range(4)]; r[-1].numpy()
+        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    print(dtype.name, round(best, 1))
+"""
+
+
+def env() -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    e["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{e.get('PATH', '')}"
+    return e
+
+
+def matmul_peak() -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-c", MATMUL], capture_output=True, text=True, env=env(), check=True)
+    return {line.split()[0]: float(line.split()[1]) for line in out.stdout.splitlines() if line.strip()}
+
+
+def train_flops_per_sample() -> float:
+    """Multiply-adds of one forward pass, x2 for FLOPs, x3 for forward + backward."""
+    sys.path.insert(0, str(ROOT))
+    from pipeline.config import compose, validate
+    from pipeline.model import build_model
+
+    model = build_model(validate(compose()).model)
+    macs = 0
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind == "Conv2D":
+            _, h, w, c_out = layer.output.shape
+            macs += h * w * c_out * layer.kernel.shape[0] * layer.kernel.shape[1] * layer.kernel.shape[2]
+        elif kind == "Dense":
+            macs += layer.kernel.shape[0] * layer.kernel.shape[1]
+    return 2 * 3 * macs
+
+
+def prepare_repo(overrides: list[str]) -> Path:
+    dest = Path(tempfile.mkdtemp(prefix="bench-repo-"))
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"]):
+        subprocess.run(cmd, cwd=dest, check=True)
+    subprocess.run([sys.executable, "-m", "pipeline.config", *overrides], cwd=dest, env=env(), check=True)
+    return dest
+
+
+def run_seed(mirror: str) -> dict:
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, str(SEED_SCRIPT), mirror], capture_output=True, text=True, env=env())
+    wall = time.perf_counter() - start
+    if out.returncode:
+        raise SystemExit(f"seed script failed:\n{out.stderr[-3000:]}")
+    return {"wall_s": wall, **json.loads(out.stdout.strip().splitlines()[-1])}
+
+
+def run_pipeline(repo: Path, mirror: str, flops_per_sample: float) -> dict:
+    e = env()
+    e["DATA_MIRROR"] = mirror
+    start = time.perf_counter()
+    out = subprocess.run(["dvc", "repro", "-f"], cwd=repo, capture_output=True, text=True, env=e)
+    wall = time.perf_counter() - start
+    if out.returncode:
+        raise SystemExit(f"dvc repro failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    metrics = json.loads((repo / "reports" / "metrics.json").read_text())
+    import mlflow
+
+    run_id = json.loads((repo / "models" / "mlflow_run.json").read_text())["run_id"]
+    logged = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}").get_run(run_id).data
+    assert logged.metrics["test_accuracy"] == metrics["test_accuracy"], "MLflow and metrics.json disagree"
+    epochs = int(logged.params["train.epochs"])
+    fit_s = logged.metrics["train_time_s"]
+    gflops = flops_per_sample * logged.metrics["train_samples"] * epochs / fit_s / 1e9
+    return {"wall_s": wall, "fit_s": fit_s, "train_gflops": gflops, **metrics}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--mirror", default=os.environ.get("DATA_MIRROR", str(ROOT.parent / "shared/data/mnist")))
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for the pipeline side, e.g. train=fast")
+    args = parser.parse_args()
+    mirror = str(Path(args.mirror).resolve())
+
+    flops = train_flops_per_sample()
+    print(f"model: {flops * 60000 / 1e12:.2f} TFLOP per epoch of 60,000 (forward + backward)")
+    peak_before = matmul_peak()
+    print(f"matmul peak (2048^3, both cores): {peak_before} GFLOP/s")
+    repo = prepare_repo(args.overrides)
+    rows = []
+    try:
+        for i in range(args.pairs):
+            result = {}
+            for side in ("A", "B"):
+                result[side] = run_seed(mirror) if side == "A" else run_pipeline(repo, mirror, flops)
+            row = {"pair": i + 1, "A": result["A"], "B": result["B"], "ratio": result["B"]["wall_s"] / result["A"]["wall_s"]}
+            rows.append(row)
+            print(
+                f"pair {i + 1}: seed {result['A']['wall_s']:6.1f} s acc {result['A']['test_accuracy']:.4f}"
+                f" | pipeline {result['B']['wall_s']:6.1f} s acc {result['B']['test_accuracy']:.4f}"
+                f" (fit {result['B']['fit_s']:.1f} s, {result['B']['train_gflops']:.0f} GFLOP/s)"
+                f" | ratio {row['ratio']:.3f}",
+                flush=True,
+            )
+    finally:
+        shutil.rmtree(repo, ignore_errors=True)
+    peak_after = matmul_peak()
+    summary = {
+        "overrides": args.overrides,
+        "pairs": args.pairs,
+        "seed_wall_s_median": statistics.median(r["A"]["wall_s"] for r in rows),
+        "pipeline_wall_s_median": statistics.median(r["B"]["wall_s"] for r in rows),
+        "ratio_median": statistics.median(r["ratio"] for r in rows),
+        "seed_accuracy_median": statistics.median(r["A"]["test_accuracy"] for r in rows),
+        "pipeline_accuracy_median": statistics.median(r["B"]["test_accuracy"] for r in rows),
+        "pipeline_fit_s_median": statistics.median(r["B"]["fit_s"] for r in rows),
+        "train_gflops_median": statistics.median(r["B"]["train_gflops"] for r in rows),
+        "matmul_peak_gflops": {"before": peak_before, "after": peak_after},
+        "cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name")), "?"),  # fmt: skip
+        "cores": os.cpu_count(),
+    }
+    print(json.dumps(summary, indent=2))
+    out = ROOT / "benchmarks" / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}-{'_'.join(args.overrides) or 'default'}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"summary": summary, "pairs": rows}, indent=2) + "\n")
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
