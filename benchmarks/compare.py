@@ -114,6 +114,22 @@ def run_pipeline(repo: Path, mirror: str, flops_per_sample: float) -> dict:
     return {"wall_s": wall, "fit_s": fit_s, "train_gflops": gflops, **metrics}
 
 
+def time_stages(repo: Path, mirror: str, repeats: int = 3) -> dict[str, float]:
+    """Median wall time of a no-op `dvc repro` and of the preprocess stage alone (`dvc repro -f -s`)."""
+    e = env()
+    e["DATA_MIRROR"] = mirror
+    result = {}
+    for name, cmd in (("noop_repro_s", ["dvc", "repro"]), ("preprocess_stage_s", ["dvc", "repro", "-f", "-s", "preprocess"])):
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            subprocess.run(cmd, cwd=repo, env=e, check=True, capture_output=True)
+            times.append(time.perf_counter() - start)
+        result[name] = round(statistics.median(times), 2)
+    subprocess.run(["dvc", "repro"], cwd=repo, env=e, check=True, capture_output=True)  # leave it consistent
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=3)
@@ -142,6 +158,8 @@ def main() -> None:
                 f" | ratio {row['ratio']:.3f}",
                 flush=True,
             )
+        stage_times = time_stages(repo, mirror)
+        print(f"stages: {stage_times}")
     finally:
         shutil.rmtree(repo, ignore_errors=True)
     peak_after = matmul_peak()
@@ -156,6 +174,7 @@ def main() -> None:
         "pipeline_fit_s_median": statistics.median(r["B"]["fit_s"] for r in rows),
         "train_gflops_median": statistics.median(r["B"]["train_gflops"] for r in rows),
         "matmul_peak_gflops": {"before": peak_before, "after": peak_after},
+        **stage_times,
         "cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                      if line.startswith("model name")), "?"),  # fmt: skip
         "cores": os.cpu_count(),

@@ -150,3 +150,29 @@ def test_gzip_bomb_is_refused(tmp_path):
     with pytest.raises(DataError, match="more than the expected 1000 bytes .*gzip bomb"):
         fetch(spec, dest, [str(tmp_path / "bomb")], timeout=5, retries=1)
     assert list(dest.parent.iterdir()) == []
+
+
+def test_data_stages_do_not_import_tensorflow():
+    import subprocess
+    import sys
+
+    code = "import sys, pipeline.download, pipeline.preprocess; print(sorted({'tensorflow', 'keras', 'mlflow'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist (.ci/run does)")
+def test_fashion_mnist_skips_the_wrong_mirror_and_verifies(mirror, tmp_path):
+    """$DATA_MIRROR holds MNIST: its files fail Fashion-MNIST's checksums, and Debian's copy is used."""
+    from pipeline.preprocess import preprocess
+
+    cfg = validate(compose(["dataset=fashion_mnist"]))
+    result = download(cfg.dataset, tmp_path / "raw", env={"DATA_MIRROR": str(mirror)})
+    assert set(result.sources.values()) == {str(FASHION)}
+    counts = preprocess(cfg.dataset, tmp_path / "raw", tmp_path / "processed").counts
+    assert counts == {"train": 60000, "test": 10000}
+    _, y = load_split(tmp_path / "processed", "test")
+    assert np.bincount(y).tolist() == [1000] * 10  # Fashion-MNIST's balanced test set
