@@ -164,7 +164,7 @@ def _register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     for name, node in OPTIMIZERS.items():
-        cs.store(group="optimizer", name=f"{name}_schema", node=node)
+        cs.store(group="schema/optimizer", name=name, node=node)  # not in `optimizer`: no extra choices
 
 
 _register()

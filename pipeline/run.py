@@ -222,11 +222,19 @@ def run_job(raw: DictConfig) -> float:
     ensure_data(cfg)
 
     multirun = hc.mode == RunMode.MULTIRUN
-    parent = parent_run_id(hc.sweep.dir) if multirun else None
+    parent = None
+    if multirun:
+        sweep_dir = Path(str(hc.sweep.dir))
+        if not sweep_dir.is_absolute():  # relative to where the command ran, even with hydra.job.chdir=true
+            sweep_dir = Path(hydra.utils.get_original_cwd()) / sweep_dir
+        parent = parent_run_id(sweep_dir)
     override_str = " ".join(overrides)
     tags = {"overrides": override_str, "hydra_output_dir": str(output_dir), "hydra_mode": str(hc.mode.name)}
     if multirun:
         tags["hydra_job_num"] = str(hc.job.num)
+    if cfg.tracking.run_name is None and override_str:
+        # A name that says what differs; MLflow's random names repeat once train() seeded `random`.
+        tags["mlflow.runName"] = override_str[:200]
 
     config_tree = tracking.redact_tree(OmegaConf.to_container(raw, resolve=True))
     overrides_list = [tracking.redact(o) for o in overrides]

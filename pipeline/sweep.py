@@ -10,9 +10,9 @@ folder; ``<sweep dir>/mlflow_parent_run.json`` with its id, which every job read
 worker processes) to become its child; at the end, the children's results sorted by test accuracy,
 printed and logged on the parent as ``sweep_results.md``, ``sweep_results.csv`` and an MLflow table.
 
-The parent ends FINISHED when every child finished, FAILED otherwise; if the sweep dies on the way
-(an exception, Ctrl+C, SIGTERM) an exit hook marks it FAILED (KILLED for a signal) rather than leaving
-it RUNNING.
+The parent ends FINISHED when every child finished, FAILED otherwise (KILLED if a job was interrupted);
+if the sweep dies on the way (an exception, Ctrl+C, SIGTERM) an exit hook ends it that way rather than
+leaving it RUNNING. Only SIGKILL leaves it RUNNING.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 COLUMNS = ("overrides", "test_accuracy", "test_loss", "train_time_s")
-EXTRA_COLUMNS = ("val_accuracy", "status", "run_id")
 MAX_CHILDREN = 10_000
 
 
@@ -48,6 +47,34 @@ def swept_keys(config: DictConfig) -> list[str]:
     if isinstance(params, DictConfig):
         keys += [str(k) for k in params.keys() if str(k) not in keys]
     return keys
+
+
+def validate_jobs(config: DictConfig) -> None:
+    """Compose and validate each job of a grid sweep (Hydra's basic sweeper) before any job runs, so a bad
+    value in the fifth job stops the sweep before the first one trains; all bad jobs are listed at once.
+    Other sweepers (Optuna) choose values as they go and are validated job by job."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from pipeline.config import validate
+    from pipeline.errors import ConfigError
+
+    if "BasicSweeper" not in str(OmegaConf.select(config, "hydra.sweeper._target_") or ""):
+        return
+    overrides = OverridesParser.create().parse_overrides([str(o) for o in config.hydra.overrides.task])
+    loader = GlobalHydra.instance().config_loader()
+    errors = []
+    for batch in BasicSweeper.split_arguments(overrides, None):
+        for job in batch:
+            job_cfg = loader.load_sweep_config(config, list(job))
+            task = OmegaConf.masked_copy(job_cfg, [str(k) for k in job_cfg.keys() if k != "hydra"])
+            try:
+                validate(task, source=f"job ({' '.join(job)})")
+            except ConfigError as exc:
+                errors.append(str(exc))
+    if errors:
+        raise ConfigError(f"{len(errors)} job(s) of the sweep have bad config; nothing was run:\n  " + "\n  ".join(errors))
 
 
 def results_rows(children: list[Any]) -> list[dict[str, Any]]:
@@ -99,7 +126,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
         line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
         return "\n".join([line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
-    return tabulate(cells, headers=cols, tablefmt="pipe", disable_numparse=True)
+    align = ["left" if c in ("overrides", "status", "run_id") else "right" for c in cols]
+    return tabulate(cells, headers=cols, tablefmt="pipe", disable_numparse=True, colalign=align)
 
 
 def format_csv(rows: list[dict[str, Any]]) -> str:
@@ -121,10 +149,6 @@ class SweepCallback(Callback):
         self._done = False
         self._signalled = False
 
-    # Hydra pickles callbacks into joblib's workers: keep only plain state there.
-    def __getstate__(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow import MlflowClient
 
@@ -135,7 +159,9 @@ class SweepCallback(Callback):
         from pipeline.run import PARENT_RUN_FILE, ensure_data
 
         try:
-            cfg = validate(config, source="config")
+            task_cfg = OmegaConf.masked_copy(config, [str(k) for k in config.keys() if k != "hydra"])
+            cfg = validate(task_cfg, source="config")
+            validate_jobs(config)  # every job of a grid, before any of them starts
             ensure_data(cfg)  # once for the sweep, before any job (jobs then only read the stamp)
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -163,13 +189,16 @@ class SweepCallback(Callback):
         client = MlflowClient(self.tracking_uri)
         run = tracking.retry(client.create_run, self.experiment_id, run_name=name, tags=tags)
         self.parent_run_id = run.info.run_id
+        # Owned by this process: if it is SIGKILLed, the next run against the store marks the parent KILLED.
+        tracking.ledger_add(self.tracking_uri, self.parent_run_id)
         write_json(
             sweep_dir / PARENT_RUN_FILE,
             {"run_id": self.parent_run_id, "experiment_id": self.experiment_id, "run_name": name},
         )
         atexit.register(self._finish_if_running)
         self._catch_sigterm()
-        print(f"MLflow parent run {self.parent_run_id} ({name}) in {tracking.redact(self.tracking_uri)}", flush=True)
+        shown = tracking.redact(self.tracking_uri) if "@" in self.tracking_uri or "?" in self.tracking_uri else self.tracking_uri
+        print(f"MLflow parent run {self.parent_run_id} ({name}) in {shown}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.finish(failed=False)
@@ -186,34 +215,45 @@ class SweepCallback(Callback):
         from pipeline import tracking
 
         client = MlflowClient(self.tracking_uri)
-        children = tracking.retry(
-            client.search_runs,
-            [self.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
-            max_results=MAX_CHILDREN,
-        )
-        rows = results_rows(children)
-        table = format_table(rows) if rows else "(no child runs)"
-        print(f"\nSweep results ({len(rows)} runs, parent {self.parent_run_id}), best test_accuracy first:\n{table}", flush=True)
-        if any(r["status"] != "FINISHED" for r in rows):
-            failed = True
         try:
-            if rows:
-                tracking.retry(client.log_text, self.parent_run_id, table + "\n", "sweep_results.md")
-                tracking.retry(client.log_text, self.parent_run_id, format_csv(rows), "sweep_results.csv")
-                self._log_table(client, rows)
-            best = next((r for r in rows if _is_number(r["test_accuracy"])), None)
-            metrics = {"child_runs": len(rows), "failed_child_runs": sum(r["status"] != "FINISHED" for r in rows)}
-            if best:
-                metrics["best_test_accuracy"] = best["test_accuracy"]
-                tracking.retry(client.set_tag, self.parent_run_id, "best_run_id", best["run_id"])
-                tracking.retry(client.set_tag, self.parent_run_id, "best_overrides", best["overrides"])
-            for key, value in metrics.items():
-                tracking.retry(client.log_metric, self.parent_run_id, key, float(value))
+            children = tracking.retry(
+                client.search_runs,
+                [self.experiment_id],
+                filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
+                max_results=MAX_CHILDREN,
+            )
+            rows = results_rows(children)
+            table = format_table(rows) if rows else "(no child runs)"
+            print(f"\nSweep results ({len(rows)} runs, parent {self.parent_run_id}), best test_accuracy first:\n{table}", flush=True)
+            if any(r["status"] != "FINISHED" for r in rows):
+                failed = True
+            if failed and status is None and any(r["status"] == "KILLED" for r in rows):
+                status = "KILLED"  # a job was interrupted (Ctrl+C, SIGTERM): so was the sweep
+            self._log_results(client, rows, table)
+        except BaseException:
+            failed = True
+            raise
         finally:
             final = status or ("FAILED" if failed else "FINISHED")
             tracking.retry(client.set_terminated, self.parent_run_id, final)
+            tracking.ledger_remove(self.tracking_uri, self.parent_run_id)
         return final
+
+    def _log_results(self, client: Any, rows: list[dict[str, Any]], table: str) -> None:
+        from pipeline import tracking
+
+        if rows:
+            tracking.retry(client.log_text, self.parent_run_id, table + "\n", "sweep_results.md")
+            tracking.retry(client.log_text, self.parent_run_id, format_csv(rows), "sweep_results.csv")
+            self._log_table(client, rows)
+        best = next((r for r in rows if _is_number(r["test_accuracy"])), None)
+        metrics = {"child_runs": len(rows), "failed_child_runs": sum(r["status"] != "FINISHED" for r in rows)}
+        if best:
+            metrics["best_test_accuracy"] = best["test_accuracy"]
+            tracking.retry(client.set_tag, self.parent_run_id, "best_run_id", best["run_id"])
+            tracking.retry(client.set_tag, self.parent_run_id, "best_overrides", best["overrides"])
+        for key, value in metrics.items():
+            tracking.retry(client.log_metric, self.parent_run_id, key, float(value))
 
     def _log_table(self, client: Any, rows: list[dict[str, Any]]) -> None:
         from pipeline import tracking
@@ -230,7 +270,7 @@ class SweepCallback(Callback):
         if self._done or self.parent_run_id is None:
             return
         try:
-            self.finish(failed=True, status="KILLED" if self._signalled else "FAILED")
+            self.finish(failed=True, status="KILLED" if self._signalled else None)
         except Exception as exc:  # the interpreter is exiting: report, never raise
             print(f"warning: could not end MLflow parent run {self.parent_run_id}: {exc}", file=sys.stderr)
 

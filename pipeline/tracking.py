@@ -84,21 +84,35 @@ def retry(fn: Callable[..., T], *args: Any, attempts: int = 12, **kwargs: Any) -
     raise AssertionError("unreachable")
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise first use of a SQLite store across processes: MLflow creates its tables on first
+    connection, and two processes doing that at once fail ('duplicate column name')."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock = Path(uri[len("sqlite:///") :] + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def setup(tracking: TrackingConfig) -> str:
     """Point MLflow at the store and return the experiment id, creating the experiment if needed."""
     uri = tracking_uri(tracking)
     mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient()
-    exp = retry(client.get_experiment_by_name, tracking.experiment)
-    if exp is not None:
-        return exp.experiment_id
-    try:
+    with _store_lock(uri):
+        client = mlflow.MlflowClient()
+        exp = retry(client.get_experiment_by_name, tracking.experiment)
+        if exp is not None:
+            return exp.experiment_id
         return retry(client.create_experiment, tracking.experiment, artifact_location=artifact_location(uri))
-    except MlflowException:
-        exp = retry(client.get_experiment_by_name, tracking.experiment)  # another job created it first
-        if exp is None:
-            raise
-        return exp.experiment_id
 
 
 def data_hash(dataset: DatasetConfig) -> str:
@@ -194,15 +208,24 @@ def reap_orphans(uri: str) -> list[str]:
     return reaped
 
 
-@contextlib.contextmanager
-def _in_ledger(uri: str, run_id: str) -> Iterator[None]:
+def ledger_add(uri: str, run_id: str) -> None:
+    """This process now owns ``run_id``: if it dies unannounced, reap_orphans ends the run KILLED."""
     entry = _ledger(uri) / f"{run_id}.pid"
     entry.parent.mkdir(parents=True, exist_ok=True)
     entry.write_text(str(os.getpid()))
+
+
+def ledger_remove(uri: str, run_id: str) -> None:
+    (_ledger(uri) / f"{run_id}.pid").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def ledger_entry(uri: str, run_id: str) -> Iterator[None]:
+    ledger_add(uri, run_id)
     try:
         yield
     finally:
-        entry.unlink(missing_ok=True)
+        ledger_remove(uri, run_id)
 
 
 @contextlib.contextmanager
@@ -233,7 +256,7 @@ def start_run(
                 f"{redact(tracking_uri(cfg.tracking))}: {exc.message}; rerun the train stage"
             ) from None
         raise
-    with _sigterm_raises(), _in_ledger(mlflow.get_tracking_uri(), run.info.run_id):
+    with _sigterm_raises(), ledger_entry(mlflow.get_tracking_uri(), run.info.run_id):
         try:
             if run_id is None:
                 retry(mlflow.log_params, config_params(cfg))
