@@ -24,19 +24,19 @@ A config error prints ``error: <message>`` naming the key and exits with status 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import Config, validate
+from pipeline.download import sha256_file
 from pipeline.errors import UserError
+from pipeline.files import exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +68,11 @@ def _source(cfg: Config) -> dict[str, Any]:
     }
 
 
-def _sha256(path: Path) -> str:
-    from pipeline.download import sha256_file
-
-    return sha256_file(path)
-
-
 def _fingerprint(path: Path, with_hash: bool) -> dict[str, Any]:
     st = path.stat()
     out: dict[str, Any] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
     if with_hash:
-        out["sha256"] = _sha256(path)
+        out["sha256"] = sha256_file(path)
     return out
 
 
@@ -116,29 +110,12 @@ def is_fresh(cfg: Config) -> bool:
         if now["size"] != recorded.get("size"):
             return False
         if now["mtime_ns"] != recorded.get("mtime_ns"):
-            if _sha256(path) != recorded.get("sha256"):
+            if sha256_file(path) != recorded.get("sha256"):
                 return False
             rehashed = True
     if rehashed:
         write_stamp(cfg)
     return True
-
-
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock on ``folder`` (flock on its descriptor), so parallel jobs prepare data once."""
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: atomic writes still keep every file whole
-        yield
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def ensure_data(cfg: Config) -> bool:
@@ -149,7 +126,8 @@ def ensure_data(cfg: Config) -> bool:
     processed = Path(cfg.paths.processed_dir)
     if is_fresh(cfg):
         return False
-    with _locked(processed.parent):
+    processed.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(processed.parent):  # parallel jobs prepare the data once
         if is_fresh(cfg):  # another job prepared it while we waited
             return False
         from pipeline.download import download

@@ -30,6 +30,7 @@ from mlflow.exceptions import MlflowException
 
 from pipeline.config import Config, DatasetConfig, TrackingConfig, flatten, to_dict
 from pipeline.errors import DataError
+from pipeline.files import exclusive_lock
 from pipeline.redact import redact
 
 T = TypeVar("T")
@@ -84,30 +85,14 @@ def retry(fn: Callable[..., T], *args: Any, attempts: int = 12, **kwargs: Any) -
     raise AssertionError("unreachable")
 
 
-@contextlib.contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
-    """Serialise first use of a SQLite store across processes: MLflow creates its tables on first
-    connection, and two processes doing that at once fail ('duplicate column name')."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    import fcntl
-
-    lock = Path(uri[len("sqlite:///") :] + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def setup(tracking: TrackingConfig) -> str:
     """Point MLflow at the store and return the experiment id, creating the experiment if needed."""
     uri = tracking_uri(tracking)
     mlflow.set_tracking_uri(uri)
-    with _store_lock(uri):
+    # First use of a SQLite store creates its tables; two processes doing that at once fail
+    # ('duplicate column name'), so first contact is serialised across processes.
+    lock = exclusive_lock(uri[len("sqlite:///") :] + ".lock") if uri.startswith("sqlite:///") else contextlib.nullcontext()
+    with lock:
         client = mlflow.MlflowClient()
         exp = retry(client.get_experiment_by_name, tracking.experiment)
         if exp is not None:
