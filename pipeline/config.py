@@ -18,15 +18,17 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import yaml
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pipeline import redact
 from pipeline.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -34,74 +36,132 @@ PARAMS_FILE = "params.yaml"
 
 
 # --------------------------------------------------------------------------- schema
+#
+# Each field's allowed values sit next to it (``checked(...)``); :func:`_check_fields` applies them to any
+# dataclass, so a new key or a new optimizer is declared in one place.
+
+
+def checked(default: Any = dataclasses.MISSING, *, ok: Callable[[Any], bool], allowed: str, each: bool = False,
+            factory: Callable[[], Any] | None = None) -> Any:
+    """A dataclass field whose value must satisfy ``ok`` (each item of a list, with ``each``)."""
+    meta = {"ok": ok, "allowed": allowed, "each": each}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _one_of(*choices: str) -> dict[str, Any]:
+    return {"ok": lambda v: v in choices, "allowed": " | ".join(choices)}
+
+
+AT_LEAST_1 = {"ok": lambda v: v >= 1, "allowed": "an integer >= 1"}
+POSITIVE = {"ok": lambda v: v > 0, "allowed": "a number > 0"}
+FRACTION = {"ok": lambda v: 0.0 <= v < 1.0, "allowed": "a number in [0, 1)"}
+SPLITS_FILES = ("train_images", "train_labels", "test_images", "test_labels")
 
 
 @dataclass
 class FileSpec:
     file: str  # name of the gzip file on a mirror
-    sha256: str  # SHA-256 of the decompressed content
-    size: int  # bytes of the decompressed content
+    sha256: str = checked(  # SHA-256 of the decompressed content
+        ok=lambda v: len(v) == 64 and all(c in "0123456789abcdef" for c in v.lower()), allowed="64 hex digits"
+    )
+    size: int = checked(ok=lambda v: v > 0, allowed="an integer > 0")  # bytes of the decompressed content
 
 
 @dataclass
 class DatasetConfig:
     name: str = "mnist"
     mirrors: list[str] = field(default_factory=list)
-    files: dict[str, FileSpec] = field(default_factory=dict)
-    num_classes: int = 10
-    timeout: float = 30.0
-    retries: int = 3
+    files: dict[str, FileSpec] = checked(
+        factory=dict, ok=lambda v: set(v) == set(SPLITS_FILES), allowed="exactly " + ", ".join(SPLITS_FILES)
+    )
+    num_classes: int = checked(10, ok=lambda v: v >= 2, allowed="an integer >= 2")
+    timeout: float = checked(30.0, ok=lambda v: v > 0, allowed="seconds > 0")
+    retries: int = checked(3, **AT_LEAST_1)
+
+    def content_hash(self) -> str:
+        """SHA-256 over the verified SHA-256s of the dataset's files: names the data, whichever mirror served it."""
+        joined = "".join(f"{k}:{self.files[k].sha256};" for k in sorted(self.files))
+        return hashlib.sha256(joined.encode()).hexdigest()
 
 
 @dataclass
 class ModelConfig:
-    name: str = "basic_cnn"
-    filters: list[int] = field(default_factory=lambda: [32, 64])
-    kernel_size: int = 3
-    pool_size: int = 2
-    conv_dropout: float = 0.25
-    dense_units: int = 512
-    dense_dropout: float = 0.5
+    name: str = checked("basic_cnn", **_one_of("basic_cnn"))
+    filters: list[int] = checked(
+        factory=lambda: [32, 64], ok=lambda v: len(v) >= 1 and all(f >= 1 for f in v), allowed="a list of integers >= 1"
+    )
+    kernel_size: int = checked(3, **AT_LEAST_1)
+    pool_size: int = checked(2, **AT_LEAST_1)
+    conv_dropout: float = checked(0.25, **FRACTION)
+    dense_units: int = checked(512, **AT_LEAST_1)
+    dense_dropout: float = checked(0.5, **FRACTION)
 
 
 @dataclass
 class OptimizerConfig:
+    """Base of every optimizer's schema. Each subclass is one Keras optimizer: its fields are the keyword
+    arguments of that Keras class, under Keras' names; ``conf/optimizer/<name>.yaml`` holds their values."""
+
+    keras_class: ClassVar[str]
     name: str = "adam"
-    learning_rate: float = 1e-3
+    learning_rate: float = checked(1e-3, **POSITIVE)
 
 
+#: name -> schema; filled by :func:`optimizer`.
+OPTIMIZERS: dict[str, type[OptimizerConfig]] = {}
+
+
+def optimizer(name: str, keras_class: str) -> Callable[[type[OptimizerConfig]], type[OptimizerConfig]]:
+    """Register an optimizer schema under ``name``, built as ``keras.optimizers.<keras_class>``.
+
+    Adding an optimizer is this decorated dataclass plus ``conf/optimizer/<name>.yaml``.
+    """
+
+    def register(cls: type[OptimizerConfig]) -> type[OptimizerConfig]:
+        cls.keras_class = keras_class
+        OPTIMIZERS[name] = cls
+        return cls
+
+    return register
+
+
+@optimizer("sgd", "SGD")
 @dataclass
 class SGDConfig(OptimizerConfig):
     name: str = "sgd"
-    learning_rate: float = 0.01
-    momentum: float = 0.0
+    learning_rate: float = checked(0.01, **POSITIVE)
+    momentum: float = checked(0.0, **FRACTION)
     nesterov: bool = False
 
 
+@optimizer("rmsprop", "RMSprop")
 @dataclass
 class RMSpropConfig(OptimizerConfig):
     name: str = "rmsprop"
-    learning_rate: float = 1e-3
-    rho: float = 0.9
-    momentum: float = 0.0
-    epsilon: float = 1e-7
+    learning_rate: float = checked(1e-3, **POSITIVE)
+    rho: float = checked(0.9, **FRACTION)
+    momentum: float = checked(0.0, **FRACTION)
+    epsilon: float = checked(1e-7, **POSITIVE)
     centered: bool = False
 
 
+@optimizer("adam", "Adam")
 @dataclass
 class AdamConfig(OptimizerConfig):
     name: str = "adam"
-    learning_rate: float = 1e-3
-    beta_1: float = 0.9
-    beta_2: float = 0.999
-    epsilon: float = 1e-7
+    learning_rate: float = checked(1e-3, **POSITIVE)
+    beta_1: float = checked(0.9, **FRACTION)
+    beta_2: float = checked(0.999, **FRACTION)
+    epsilon: float = checked(1e-7, **POSITIVE)
     amsgrad: bool = False
 
 
-OPTIMIZERS: dict[str, type[OptimizerConfig]] = {"sgd": SGDConfig, "rmsprop": RMSpropConfig, "adam": AdamConfig}
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 VERBOSITY = ("auto", "0", "1", "2")
 LOSSES = ("sparse_categorical_crossentropy",)
+#: Keras metrics that are right for integer labels. Adding one is adding its Keras name here.
 METRICS = ("accuracy", "sparse_categorical_accuracy", "sparse_top_k_categorical_accuracy")
 # The seed's trap: these expect one-hot labels and silently measure nonsense on integer labels.
 ONE_HOT_ONLY = {
@@ -113,15 +173,18 @@ ONE_HOT_ONLY = {
 
 @dataclass
 class TrainConfig:
-    epochs: int = 1
-    batch_size: int = 32
+    epochs: int = checked(1, **AT_LEAST_1)
+    batch_size: int = checked(32, **AT_LEAST_1)
     shuffle: bool = True
-    subset: Optional[int] = None
-    validation_split: float = 0.0
-    lr_scale: float = 1.0
-    precision: str = "float32"
-    backup_every: int = 500
-    verbose: str = "auto"
+    subset: Optional[int] = checked(
+        None, ok=lambda v: v is None or v >= 1, allowed="null (all samples) or an integer >= 1"
+    )
+    validation_split: float = checked(0.0, **FRACTION)
+    lr_scale: float = checked(1.0, **POSITIVE)
+    precision: str = checked("float32", **_one_of(*PRECISIONS))
+    deterministic: bool = True
+    backup_every: int = checked(500, **AT_LEAST_1)
+    verbose: str = checked("auto", **_one_of(*VERBOSITY))
 
 
 @dataclass
@@ -132,14 +195,16 @@ class PathsConfig:
     run_info: str = "models/mlflow_run.json"
     history: str = "reports/history.csv"
     metrics: str = "reports/metrics.json"
+    eval_info: str = "reports/mlflow_eval.json"
     confusion: str = "reports/confusion.csv"
     per_class: str = "reports/per_class.csv"
     backup_dir: str = ".cache/backup"
+    data_cache: str = ".cache/data"
 
 
 @dataclass
 class TrackingConfig:
-    uri: Optional[str] = None
+    uri: str = "sqlite:///mlflow.db"
     experiment: str = "mnist-cnn"
     run_name: Optional[str] = None
     log_model: bool = True
@@ -151,9 +216,11 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=AdamConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = 42
-    loss: str = "sparse_categorical_crossentropy"
-    metrics: list[str] = field(default_factory=lambda: ["accuracy"])
+    seed: int = checked(42, ok=lambda v: v >= 0, allowed="an integer >= 0")
+    loss: str = checked("sparse_categorical_crossentropy", **_one_of(*LOSSES))
+    metrics: list[str] = checked(
+        factory=lambda: ["accuracy"], ok=lambda v: v in METRICS, allowed=" | ".join(METRICS), each=True
+    )
     paths: PathsConfig = field(default_factory=PathsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -176,18 +243,21 @@ _register()
 def validate(raw: Any, source: str = "config") -> Config:
     """Validate a composed config (DictConfig or plain dict) against the schema; return it typed.
 
-    ``source`` names where the config came from (a file, "overrides") in error messages.
+    ``source`` names where the config came from (a file, "overrides") in error messages. Credentials found
+    in the config are registered with :mod:`pipeline.redact`, so no later output shows them.
     """
     data = OmegaConf.to_container(raw, resolve=True) if isinstance(raw, DictConfig) else raw
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     data = dict(data)
     data.pop("hydra", None)
+    redact.register_tree(data)
     opt = data.get("optimizer")
     opt_name = opt.get("name") if isinstance(opt, dict) else None
     if opt_name not in OPTIMIZERS:
         raise ConfigError(
             f"{source}: optimizer.name={opt_name!r} is not a known optimizer; choose one of {', '.join(OPTIMIZERS)}"
+            + suggest(str(opt_name), list(OPTIMIZERS))
         )
     _check_one_hot_trap(data, source)
     schema = OmegaConf.structured(Config(optimizer=OPTIMIZERS[opt_name]()))
@@ -195,17 +265,39 @@ def validate(raw: Any, source: str = "config") -> Config:
         merged = OmegaConf.merge(schema, data)
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"{source}: {_describe(exc)}") from None
-    _check_ranges(cfg, source)
+        raise ConfigError(f"{source}: {_describe(exc, schema)}") from None
+    _check_fields(cfg, "", source)
     return cfg
 
 
-def _describe(exc: OmegaConfBaseException) -> str:
+def suggest(word: str, choices: list[str]) -> str:
+    """``; did you mean 'x'?`` for the closest of ``choices`` (dotted keys or plain names), or nothing.
+
+    Keys are compared level by level: an abbreviation of a sibling (``lr`` for ``learning_rate``), then a
+    sibling with a close spelling (``epocs``), then any key with a close spelling.
+    """
+    import difflib
+
+    parent, _, leaf = word.rpartition(".")
+    siblings = {c.rpartition(".")[2]: c for c in choices if c.rpartition(".")[0] == parent}
+    for name, choice in siblings.items():
+        words = name.split("_")
+        if len(words) > 1 and leaf == "".join(w[:1] for w in words):
+            return f"; did you mean '{choice}'?"
+    close = difflib.get_close_matches(leaf, list(siblings), n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean '{siblings[close[0]]}'?"
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _describe(exc: OmegaConfBaseException, schema: DictConfig) -> str:
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
     msg = str(exc).splitlines()[0]
     if "not in struct" in msg or msg.startswith("Key '") and "not in" in msg:
         parent = key.rsplit(".", 1)[0] if "." in key else ""
-        return f"unknown key '{key}'" + (f" (not a field of '{parent}')" if parent else "")
+        known = list(flatten(OmegaConf.to_container(schema)))
+        return f"unknown key '{key}'" + (f" (not a field of '{parent}')" if parent else "") + suggest(key, known)
     value = getattr(exc, "value", None)
     return f"bad value for '{key}': {value!r} ({msg})"
 
@@ -221,51 +313,21 @@ def _check_one_hot_trap(data: dict, source: str) -> None:
             )
 
 
-def _check_ranges(cfg: Config, source: str) -> None:
-    def need(ok: bool, key: str, value: Any, allowed: str) -> None:
-        if not ok:
-            raise ConfigError(f"{source}: bad value for '{key}': {value!r}; allowed: {allowed}")
-
-    t, m, o = cfg.train, cfg.model, cfg.optimizer
-    need(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
-    need(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
-    need(t.subset is None or t.subset >= 1, "train.subset", t.subset, "null (all samples) or an integer >= 1")
-    need(0.0 <= t.validation_split < 1.0, "train.validation_split", t.validation_split, "a number in [0, 1)")
-    need(t.lr_scale > 0, "train.lr_scale", t.lr_scale, "a number > 0")
-    need(t.precision in PRECISIONS, "train.precision", t.precision, " | ".join(PRECISIONS))
-    need(t.backup_every >= 1, "train.backup_every", t.backup_every, "an integer >= 1")
-    need(t.verbose in VERBOSITY, "train.verbose", t.verbose, " | ".join(VERBOSITY))
-    need(m.name == "basic_cnn", "model.name", m.name, "basic_cnn")
-    need(len(m.filters) >= 1 and all(f >= 1 for f in m.filters), "model.filters", m.filters, "a list of integers >= 1")
-    for key in ("kernel_size", "pool_size", "dense_units"):
-        need(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "an integer >= 1")
-    for key in ("conv_dropout", "dense_dropout"):
-        need(0.0 <= getattr(m, key) < 1.0, f"model.{key}", getattr(m, key), "a number in [0, 1)")
-    need(o.learning_rate > 0, "optimizer.learning_rate", o.learning_rate, "a number > 0")
-    for key in ("momentum", "rho", "beta_1", "beta_2"):
-        if hasattr(o, key):
-            need(0.0 <= getattr(o, key) < 1.0, f"optimizer.{key}", getattr(o, key), "a number in [0, 1)")
-    if hasattr(o, "epsilon"):
-        need(o.epsilon > 0, "optimizer.epsilon", o.epsilon, "a number > 0")
-    need(cfg.loss in LOSSES, "loss", cfg.loss, " | ".join(LOSSES))
-    need(len(cfg.metrics) >= 1, "metrics", cfg.metrics, "a non-empty list")
-    for i, name in enumerate(cfg.metrics):
-        need(name in METRICS, f"metrics[{i}]", name, " | ".join(METRICS))
-    d = cfg.dataset
-    need(d.timeout > 0, "dataset.timeout", d.timeout, "seconds > 0")
-    need(d.retries >= 1, "dataset.retries", d.retries, "an integer >= 1")
-    need(d.num_classes >= 2, "dataset.num_classes", d.num_classes, "an integer >= 2")
-    need(
-        set(d.files) == {"train_images", "train_labels", "test_images", "test_labels"},
-        "dataset.files",
-        sorted(d.files),
-        "exactly train_images, train_labels, test_images, test_labels",
-    )
-    for key, spec in d.files.items():
-        ok = len(spec.sha256) == 64 and all(c in "0123456789abcdef" for c in spec.sha256.lower())
-        need(ok, f"dataset.files.{key}.sha256", spec.sha256, "64 hex digits")
-        need(spec.size > 0, f"dataset.files.{key}.size", spec.size, "an integer > 0")
-    need(cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
+def _check_fields(obj: Any, prefix: str, source: str) -> None:
+    """Apply every field's ``checked`` rule, depth first, in declaration order."""
+    for f in dataclasses.fields(obj):
+        key, value = prefix + f.name, getattr(obj, f.name)
+        ok = f.metadata.get("ok")
+        if ok is not None:
+            items = list(enumerate(value)) if f.metadata["each"] else [(None, value)]
+            for i, item in items:
+                if not ok(item):
+                    shown = key if i is None else f"{key}[{i}]"
+                    raise ConfigError(f"{source}: bad value for '{shown}': {item!r}; allowed: {f.metadata['allowed']}")
+        children = value.items() if isinstance(value, dict) else [(None, value)]
+        for name, child in children:
+            if dataclasses.is_dataclass(child):
+                _check_fields(child, f"{key}.{name}." if name is not None else f"{key}.", source)
 
 
 # --------------------------------------------------------------------------- loading

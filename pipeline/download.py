@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import io
 import logging
 import os
 import time
@@ -27,14 +28,16 @@ import urllib.request
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import DatasetConfig, FileSpec, load_params
 from pipeline.errors import DataError, run_cli
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, sha256_file
 from pipeline.redact import redact
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 class MirrorFailure(Exception):
@@ -55,14 +58,6 @@ def raw_name(spec: FileSpec) -> str:
     return spec.file[:-3] if spec.file.endswith(".gz") else spec.file
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def is_verified(path: Path, spec: FileSpec) -> bool:
     return path.is_file() and path.stat().st_size == spec.size and sha256_file(path) == spec.sha256
 
@@ -80,9 +75,14 @@ def mirror_list(dataset: DatasetConfig, env: dict[str, str] | None = None) -> li
 
 
 def _open(base: str, name: str, timeout: float):
-    """Open ``name`` under a mirror: a local directory, or a file://, http:// or https:// URL."""
+    """Open ``name`` under a mirror: a local directory, or a file://, http:// or https:// URL.
+
+    A local directory may hold the files decompressed (``data/raw`` of another checkout, the tests' cache).
+    """
     if "://" not in base:
         path = Path(base) / name
+        if not path.is_file() and name.endswith(".gz") and (Path(base) / name[:-3]).is_file():
+            path = Path(base) / name[:-3]
         try:
             return open(path, "rb")
         except OSError as exc:
@@ -109,14 +109,33 @@ def _open(base: str, name: str, timeout: float):
         raise MirrorFailure(f"{type(exc).__name__}: {exc}", transient=True) from None
 
 
+class _Prefixed(io.RawIOBase):
+    """A stream whose first bytes were already read (to sniff the gzip magic number), put back in front."""
+
+    def __init__(self, head: bytes, stream: Any) -> None:
+        self._head, self._stream = head, stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._head[: len(buffer)] if self._head else self._stream.read(len(buffer))
+        self._head = self._head[len(data) :]
+        buffer[: len(data)] = data
+        return len(data)
+
+
 def _fetch_one(base: str, spec: FileSpec, dest: Path, timeout: float) -> None:
     """Stream, decompress (bounded by spec.size), hash, and rename into place only if verified."""
     with _open(base, spec.file, timeout) as stream, atomic_path(dest) as tmp:
         h = hashlib.sha256()
         total = 0
         try:
-            with gzip.GzipFile(fileobj=stream) as gz, open(tmp, "wb") as out:
-                while chunk := gz.read(CHUNK):
+            head = stream.read(2)
+            body = io.BufferedReader(_Prefixed(head, stream), CHUNK)
+            source = gzip.GzipFile(fileobj=body) if head == GZIP_MAGIC else body
+            with source, open(tmp, "wb") as out:
+                while chunk := source.read(CHUNK):
                     total += len(chunk)
                     if total > spec.size:
                         raise MirrorFailure(

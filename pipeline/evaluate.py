@@ -1,10 +1,13 @@
 """Stage ``evaluate``: test the saved model and report what it really scores.
 
 Consumes: ``paths.model`` (loaded with ``safe_mode``), ``paths.processed_dir``/test.npz, and the MLflow
-run id that train left in ``paths.run_info``. Produces: ``paths.metrics`` (``test_loss``,
-``test_accuracy``, ``test_samples``: DVC metrics), ``paths.confusion`` (actual,predicted per test image)
-and ``paths.per_class`` (accuracy per class): DVC plots; the same numbers, a confusion-matrix figure and
-the report files in the MLflow run that train opened.
+run and logged model that train recorded in ``paths.run_info``. Produces: ``paths.metrics``
+(``test_loss``, ``test_accuracy``, ``test_samples``: DVC metrics), ``paths.confusion`` (actual,predicted
+per test image) and ``paths.per_class`` (accuracy per class): DVC plots. :func:`evaluate` is pure with
+respect to MLflow; its caller logs the result with :func:`log_evaluation` (the same numbers linked to the
+logged model by ``model_id``, a confusion-matrix figure, the report files). :func:`main` logs into the
+training run while that run holds no evaluation yet, else into a new evaluation run, a child of the
+training run (:func:`pipeline.tracking.evaluation_run`), and records which in ``paths.eval_info``.
 
 One forward pass gives the probabilities; the confusion matrix and accuracy are counted with NumPy from
 the argmax and cross-checked against Keras' sparse accuracy metric on the same probabilities, so a wrong
@@ -17,9 +20,8 @@ Run: ``python -m pipeline.evaluate`` (reads params.yaml), or ``dvc repro evaluat
 from __future__ import annotations
 
 import csv
-import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
@@ -39,6 +41,7 @@ class EvalResult:
     metrics: dict[str, float]  # test_loss, test_accuracy, test_samples
     per_class_accuracy: list[float]
     confusion: np.ndarray  # [actual, predicted] counts
+    report_paths: list[Path] = field(default_factory=list)  # the files written: metrics, per-class, confusion
 
 
 def load_model(path: Path | str) -> keras.Model:
@@ -67,19 +70,18 @@ def score(model: keras.Model, x: np.ndarray, y: np.ndarray, num_classes: int) ->
 
 
 def evaluate(cfg: Config) -> EvalResult:
+    """Score ``paths.model`` on the test split and write the reports; return the numbers."""
     paths = cfg.paths
     remove(paths.metrics, paths.confusion, paths.per_class)
     model = load_model(paths.model)
     x, y = load_split(paths.processed_dir, "test", cfg.dataset.num_classes)
     result = score(model, x, y, cfg.dataset.num_classes)
-    write_reports(cfg, result, y)
-    if tracking.active():
-        log_to_mlflow(cfg, result)
+    write_reports(cfg, result)
     log.info("test_accuracy %.4f, test_loss %.4f", result.metrics["test_accuracy"], result.metrics["test_loss"])
     return result
 
 
-def write_reports(cfg: Config, result: EvalResult, y: np.ndarray) -> None:
+def write_reports(cfg: Config, result: EvalResult) -> None:
     paths = cfg.paths
     with atomic_path(paths.confusion) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
@@ -93,6 +95,7 @@ def write_reports(cfg: Config, result: EvalResult, y: np.ndarray) -> None:
         writer.writerow(["class", "accuracy"])
         writer.writerows([c, round(a, 6)] for c, a in enumerate(result.per_class_accuracy))
     write_json(paths.metrics, result.metrics)
+    result.report_paths = [Path(paths.metrics), Path(paths.per_class), Path(paths.confusion)]
 
 
 def confusion_figure(cm: np.ndarray, title: str):
@@ -112,34 +115,29 @@ def confusion_figure(cm: np.ndarray, title: str):
     return fig
 
 
-def log_to_mlflow(cfg: Config, result: EvalResult) -> None:
+def log_evaluation(cfg: Config, result: EvalResult, model_id: str | None) -> None:
+    """Log an evaluation to the active run; its metrics are linked to the logged model ``model_id``."""
+    if not tracking.active():
+        return
     import mlflow
 
-    paths = cfg.paths
     per_class = {f"test_accuracy_class_{c}": a for c, a in enumerate(result.per_class_accuracy)}
-    tracking.log_metrics({**result.metrics, **per_class})
-    for path in (paths.metrics, paths.per_class, paths.confusion):
+    tracking.log_metrics({**result.metrics, **per_class}, model_id=model_id)
+    for path in result.report_paths:
         tracking.log_artifact(path, "reports")
     title = f"test accuracy {result.metrics['test_accuracy']:.4f}"
     tracking.retry(mlflow.log_figure, confusion_figure(result.confusion, title), "plots/confusion_matrix.png")
 
 
-def read_run_info(path: Path | str) -> str:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())["run_id"]
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found; it names the MLflow run of the train stage (dvc repro train)") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: not a valid run record ({exc})") from None
-
-
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_params()
-    run_id = read_run_info(cfg.paths.run_info)
-    with tracking.start_run(cfg, run_id=run_id):
-        evaluate(cfg)
+    remove(cfg.paths.eval_info)
+    trained = tracking.RunRecord.read(cfg.paths.run_info)
+    with tracking.evaluation_run(cfg, trained) as run:
+        result = evaluate(cfg)
+        log_evaluation(cfg, result, trained.model_id)
+    tracking.record_of(run, trained.model_id, trained.run_id).write(cfg.paths.eval_info)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
-"""Atomic file output: nothing half-written ever sits at a path a later stage or DVC reads.
+"""Files: atomic output, cross-process locks, content hashes, and the per-user cache folder.
 
 Every stage writes through :func:`atomic_path`: the content goes to a temporary sibling (same folder,
-same suffix, so Keras and NumPy accept it) and is renamed into place only when the block succeeds.
+same suffix, so Keras and NumPy accept it) and is renamed into place only when the block succeeds, so
+nothing half-written ever sits at a path a later stage or DVC reads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -37,8 +39,12 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path | str) -> Iterator[None]:
-    """Hold an exclusive flock on ``path`` (a folder, or a lock file created if missing) across processes."""
+def exclusive_lock(path: Path | str, wait: bool = True) -> Iterator[bool]:
+    """Hold an exclusive flock on ``path`` (a folder, or a lock file created if missing) across processes.
+
+    Yields True once held. With ``wait=False`` it yields False at once if another process holds it. The
+    kernel releases a flock when its holder dies, so a killed process never leaves a stale lock.
+    """
     path = Path(path)
     if path.is_dir():
         fd = os.open(path, os.O_RDONLY)
@@ -49,13 +55,32 @@ def exclusive_lock(path: Path | str) -> Iterator[None]:
         import fcntl
     except ImportError:  # not POSIX: atomic writes still keep every file whole
         os.close(fd)
-        yield
+        yield True
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def user_cache_dir() -> Path:
+    """This project's per-user cache (``$XDG_CACHE_HOME`` or ``~/.cache``): data the tests fetch once per
+    machine, and the run records of tracking servers."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mnist-mlops-pipeline"
+
+
+def sha256_file(path: Path | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def write_text(path: Path | str, text: str) -> None:

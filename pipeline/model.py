@@ -1,7 +1,8 @@
 """The seed's ``Basic_CNN`` and its optimizers, built from the config.
 
 Consumes: ``model`` and ``optimizer`` config. Produces: a Keras model (1,676,266 parameters with the
-defaults) and a Keras optimizer whose arguments are the config's keys, named as Keras names them.
+defaults) and a Keras optimizer whose arguments are the config's keys, named as Keras names them
+(the optimizer's class is named by its schema, :func:`pipeline.config.optimizer`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from keras import layers
 from pipeline.config import ModelConfig, OptimizerConfig
 
 SEED_PARAMETERS = 1_676_266
-OPTIMIZER_CLASSES = {"sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam}
 
 
 def build_model(cfg: ModelConfig, num_classes: int = 10, input_shape: tuple[int, ...] = (28, 28, 1)) -> keras.Model:
@@ -38,7 +38,8 @@ def build_model(cfg: ModelConfig, num_classes: int = 10, input_shape: tuple[int,
 
 
 def build_optimizer(cfg: OptimizerConfig, lr_scale: float = 1.0) -> keras.optimizers.Optimizer:
+    """``keras.optimizers.<cfg.keras_class>`` with the config's fields as its arguments (see config.optimizer)."""
     kwargs = dataclasses.asdict(cfg)
-    name = kwargs.pop("name")
+    kwargs.pop("name")
     kwargs["learning_rate"] = kwargs["learning_rate"] * lr_scale
-    return OPTIMIZER_CLASSES[name](**kwargs)
+    return getattr(keras.optimizers, cfg.keras_class)(**kwargs)

@@ -18,6 +18,7 @@ leaving it RUNNING. Only SIGKILL leaves it RUNNING.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import csv
 import io
 import logging
@@ -29,7 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
+
+from pipeline import redact
+from pipeline.errors import user_errors
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,22 @@ def swept_keys(config: DictConfig) -> list[str]:
     if isinstance(params, DictConfig):
         keys += [str(k) for k in params.keys() if str(k) not in keys]
     return keys
+
+
+def externalize_secrets(node: Any) -> None:
+    """Replace, in place, each string holding a credential by one that references it in the environment
+    (:func:`pipeline.redact.externalize`): whatever Hydra saves or logs from this config shows no secret,
+    while jobs, which compose their own config, resolve the same value."""
+    keys = range(len(node)) if isinstance(node, ListConfig) else list(node.keys())
+    for key in keys:
+        child = node._get_node(key)
+        if isinstance(child, (DictConfig, ListConfig)):
+            externalize_secrets(child)
+            continue
+        value = child._value() if child is not None else None
+        if isinstance(value, str) and redact.find_secrets(value):
+            with read_write(node), open_dict(node) if isinstance(node, DictConfig) else contextlib.nullcontext():
+                node[key] = redact.externalize(value)
 
 
 def validate_jobs(config: DictConfig) -> None:
@@ -117,15 +137,11 @@ def _fmt(key: str, v: Any) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """A Markdown table (tabulate's pipe format when installed, the same layout by hand otherwise)."""
+    """A Markdown table (tabulate's pipe format)."""
+    from tabulate import tabulate
+
     cols = _columns(rows)
     cells = [[_fmt(c, r[c]) for c in cols] for r in rows]
-    try:
-        from tabulate import tabulate
-    except ImportError:
-        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-        line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
-        return "\n".join([line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
     align = ["left" if c in ("overrides", "status", "run_id") else "right" for c in cols]
     return tabulate(cells, headers=cols, tablefmt="pipe", disable_numparse=True, colalign=align)
 
@@ -148,24 +164,24 @@ class SweepCallback(Callback):
         self.tracking_uri: str | None = None
         self._done = False
         self._signalled = False
+        self._previous_sigterm: Any = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow import MlflowClient
 
         from pipeline import tracking
         from pipeline.config import validate
-        from pipeline.errors import UserError
-        from pipeline.files import write_json
-        from pipeline.run import PARENT_RUN_FILE, ensure_data
+        from pipeline.prepare import ensure_data
+        from pipeline.run import PARENT_RUN_FILE
 
-        try:
+        redact.install()
+        # Hydra saves this very config as multirun.yaml next: credentials from conf/ leave it first.
+        externalize_secrets(config)
+        with user_errors():
             task_cfg = OmegaConf.masked_copy(config, [str(k) for k in config.keys() if k != "hydra"])
             cfg = validate(task_cfg, source="config")
             validate_jobs(config)  # every job of a grid, before any of them starts
-            ensure_data(cfg)  # once for the sweep, before any job (jobs then only read the stamp)
-        except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
+            ensure_data(cfg.dataset, cfg.paths.data_cache)  # once, before parallel jobs would wait for it
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         overrides = [str(o) for o in config.hydra.overrides.task]
@@ -186,19 +202,14 @@ class SweepCallback(Callback):
             },
         )
         tags.pop("optimizer", None)  # the parent spans optimizers
+        self._catch_sigterm()  # before the parent exists: a SIGTERM from here on ends it KILLED
         client = MlflowClient(self.tracking_uri)
-        run = tracking.retry(client.create_run, self.experiment_id, run_name=name, tags=tags)
-        self.parent_run_id = run.info.run_id
+        self.parent_run_id = tracking.create_run(client, self.experiment_id, name, tags)
         # Owned by this process: if it is SIGKILLed, the next run against the store marks the parent KILLED.
-        tracking.ledger_add(self.tracking_uri, self.parent_run_id)
-        write_json(
-            sweep_dir / PARENT_RUN_FILE,
-            {"run_id": self.parent_run_id, "experiment_id": self.experiment_id, "run_name": name},
-        )
+        tracking.record_add(self.tracking_uri, self.parent_run_id)
         atexit.register(self._finish_if_running)
-        self._catch_sigterm()
-        shown = tracking.redact(self.tracking_uri) if "@" in self.tracking_uri or "?" in self.tracking_uri else self.tracking_uri
-        print(f"MLflow parent run {self.parent_run_id} ({name}) in {shown}", flush=True)
+        tracking.RunRecord(self.parent_run_id, self.experiment_id).write(sweep_dir / PARENT_RUN_FILE)
+        print(f"MLflow parent run {self.parent_run_id} ({name}) in {redact.redact(self.tracking_uri)}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.finish(failed=False)
@@ -236,7 +247,9 @@ class SweepCallback(Callback):
         finally:
             final = status or ("FAILED" if failed else "FINISHED")
             tracking.retry(client.set_terminated, self.parent_run_id, final)
-            tracking.ledger_remove(self.tracking_uri, self.parent_run_id)
+            tracking.record_remove(self.tracking_uri, self.parent_run_id)  # only after the run has ended
+            self._restore_sigterm()
+            atexit.unregister(self._finish_if_running)
         return final
 
     def _log_results(self, client: Any, rows: list[dict[str, Any]], table: str) -> None:
@@ -258,10 +271,6 @@ class SweepCallback(Callback):
     def _log_table(self, client: Any, rows: list[dict[str, Any]]) -> None:
         from pipeline import tracking
 
-        try:
-            import pandas  # noqa: F401  (mlflow's log_table needs it)
-        except ImportError:
-            return
         data = {c: [r[c] for r in rows] for c in _columns(rows)}
         tracking.retry(client.log_table, self.parent_run_id, data=data, artifact_file="sweep_results.json")
 
@@ -284,6 +293,12 @@ class SweepCallback(Callback):
 
         try:
             if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-                signal.signal(signal.SIGTERM, handler)
+                self._previous_sigterm = signal.signal(signal.SIGTERM, handler)
         except ValueError:  # not the main thread
             pass
+
+    def _restore_sigterm(self) -> None:
+        if self._previous_sigterm is not None:
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None

@@ -1,26 +1,34 @@
 """Stage ``train``: fit the seed's Basic_CNN on the processed training split and save it.
 
 Consumes: ``paths.processed_dir``/train.npz and the ``model``, ``optimizer``, ``train``, ``loss``,
-``metrics`` and ``seed`` config. Produces: ``paths.model`` (Keras format), ``paths.history`` (per-epoch
-metrics, a DVC plot), and in the active MLflow run: per-epoch metrics, the training time, the parameter
-count and the model (``mlflow.keras.log_model`` with a signature, so ``mlflow.pyfunc`` serves it).
+``metrics`` and ``seed`` config. Produces: ``paths.model`` (Keras format) and ``paths.history`` (per-epoch
+metrics, a DVC plot). :func:`train` is pure with respect to MLflow: it returns what it computed, and its
+caller (this module's :func:`main`, or the Hydra job in :mod:`pipeline.run`) logs it with
+:func:`log_training`: per-epoch metrics (through a Keras callback the caller passes in), the training
+time, the parameter count and the model (``mlflow.keras.log_model`` with a signature, so ``mlflow.pyfunc``
+serves it). :func:`main` also writes ``paths.run_info``, the MLflow run and logged model that evaluate reads.
 
 A killed fit resumes: Keras' BackupAndRestore keeps weights and optimizer state every
 ``train.backup_every`` steps under ``paths.backup_dir/<config hash>``; a rerun with the same config
-restores them (Keras replays the interrupted epoch from its first batch) and removes them when done.
+restores them (Keras replays the interrupted epoch from its first batch) and removes them when done. Two
+trainings of the same config at the same time never share a backup folder (a lock per folder).
+``train.deterministic`` turns on TensorFlow's op determinism: the same config and seed give the same
+numbers, on a GPU too.
 
-Run: ``python -m pipeline.train`` (reads params.yaml; opens the MLflow run that ``pipeline.evaluate``
-completes), or ``dvc repro train``.
+Run: ``python -m pipeline.train`` (reads params.yaml), or ``dvc repro train``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -29,18 +37,24 @@ from pipeline import tracking
 from pipeline.config import Config, TrainConfig, config_hash, load_params
 from pipeline.data import load_split
 from pipeline.errors import run_cli
-from pipeline.files import atomic_path, remove, write_json
+from pipeline.files import atomic_path, exclusive_lock, remove, write_json
 from pipeline.model import build_model, build_optimizer
 
 log = logging.getLogger(__name__)
+MODEL_NAME = "model"
+#: Config sections that make two trainings the same training (and share a resumable backup).
+TRAINING_SECTIONS = ("dataset", "model", "optimizer", "train", "loss", "metrics", "seed")
 
 
 @dataclass
 class TrainResult:
+    model: keras.Model
     model_path: Path
+    history_path: Path
     parameters: int
     samples: int
     train_seconds: float  # wall time of model.fit
+    example: np.ndarray  # one training input: the logged model's signature
     history: dict[str, list[float]] = field(default_factory=dict)
     precision: str = "float32"
 
@@ -64,28 +78,31 @@ def resolve_precision(train: TrainConfig) -> str:
     return "mixed_bfloat16" if cpu_has_bf16() else "float32"
 
 
-class MlflowEpochLogger(keras.callbacks.Callback):
-    """Logs each epoch's metrics (and its wall time) to the active MLflow run in one batched call."""
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        metrics = dict(logs or {})
-        metrics["epoch_time_s"] = time.perf_counter() - self._start
-        tracking.log_metrics(metrics, step=epoch)
-
-
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     """BackupAndRestore whose backups are renamed into place: a kill during a save leaves the previous one."""
 
-    def _save_model(self):
+    def _save_model(self) -> None:
         folder = Path(self.backup_dir)
         folder.mkdir(parents=True, exist_ok=True)
         tmp_weights = folder / "partial.weights.h5"  # Keras insists on the .weights.h5 suffix
         self.model.save_weights(str(tmp_weights), overwrite=True)
         os.replace(tmp_weights, self._weights_path)
         write_json(self._training_metadata_path, {"epoch": self._current_epoch, "batch": self._last_batch_seen})
+
+
+@contextlib.contextmanager
+def backup_folder(root: Path | str, name: str) -> Iterator[Path]:
+    """``root/name``, held under a lock for the block; if another live training holds it (the same config
+    training twice at once), the first free ``name-1``, ``name-2``... A killed training's lock dies with it,
+    so its rerun finds ``name`` free and resumes from it."""
+    root = Path(root)
+    for i in range(1000):
+        folder = root / (name if i == 0 else f"{name}-{i}")
+        with exclusive_lock(root / f"{folder.name}.lock", wait=False) as held:
+            if held:
+                yield folder
+                return
+    raise RuntimeError(f"{root}: 1000 trainings of one config at once?")
 
 
 def fit_verbosity(train: TrainConfig) -> int:
@@ -105,54 +122,70 @@ def compile_model(cfg: Config, precision: str) -> keras.Model:
     return model
 
 
-def train(cfg: Config) -> TrainResult:
-    """Fit the model described by ``cfg`` and save it to ``cfg.paths.model``; log to the active run, if any."""
+def train(cfg: Config, callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
+    """Fit the model described by ``cfg`` and save it to ``cfg.paths.model``; ``callbacks`` join Keras' fit."""
     paths, t = cfg.paths, cfg.train
     remove(paths.model, paths.history)  # a failed run must not leave the previous model looking current
     x, y = load_split(paths.processed_dir, "train", cfg.dataset.num_classes)
     if t.subset is not None:
         x, y = x[: t.subset], y[: t.subset]
+    if t.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()  # process-wide; a no-op when already on
     keras.utils.set_random_seed(cfg.seed)
     precision = resolve_precision(t)
     model = compile_model(cfg, precision)
-    backup = Path(paths.backup_dir) / config_hash(cfg, ("dataset", "model", "optimizer", "train", "loss", "metrics", "seed"))
-    if backup.exists():
-        log.warning("resuming an interrupted training from %s", backup)
-    start = time.perf_counter()
-    with atomic_path(paths.history) as history_tmp:
-        hist = model.fit(
-            x,
-            y,
-            batch_size=t.batch_size,
-            epochs=t.epochs,
-            shuffle=t.shuffle,
-            validation_split=t.validation_split,
-            verbose=fit_verbosity(t),
-            callbacks=[
-                AtomicBackupAndRestore(str(backup), save_freq=t.backup_every),
-                keras.callbacks.CSVLogger(str(history_tmp)),
-                MlflowEpochLogger(),
-            ],
-        )
-    train_seconds = time.perf_counter() - start
+    with backup_folder(paths.backup_dir, config_hash(cfg, TRAINING_SECTIONS)) as backup:
+        if backup.exists():
+            log.warning("resuming an interrupted training from %s", backup)
+        start = time.perf_counter()
+        with atomic_path(paths.history) as history_tmp:
+            hist = model.fit(
+                x,
+                y,
+                batch_size=t.batch_size,
+                epochs=t.epochs,
+                shuffle=t.shuffle,
+                validation_split=t.validation_split,
+                verbose=fit_verbosity(t),
+                callbacks=[
+                    AtomicBackupAndRestore(str(backup), save_freq=t.backup_every),
+                    keras.callbacks.CSVLogger(str(history_tmp)),
+                    *callbacks,
+                ],
+            )
+        train_seconds = time.perf_counter() - start
     with atomic_path(paths.model) as model_tmp:
         model.save(model_tmp)
-    result = TrainResult(
+    log.info("trained %d parameters on %d samples in %.1f s", model.count_params(), len(x), train_seconds)
+    return TrainResult(
+        model=model,
         model_path=Path(paths.model),
+        history_path=Path(paths.history),
         parameters=model.count_params(),
         samples=len(x),
         train_seconds=train_seconds,
+        example=x[:1],
         history={k: [float(v) for v in vs] for k, vs in hist.history.items()},
         precision=precision,
     )
-    if tracking.active():
-        tracking.log_metrics({"train_time_s": train_seconds, "parameters": result.parameters, "train_samples": len(x)})
-        tracking.set_tags({"precision": precision})
-        tracking.log_artifact(paths.history, "reports")
-        if cfg.tracking.log_model:
-            log_model(model, x[:1])
-    log.info("trained %d parameters on %d samples in %.1f s", result.parameters, len(x), train_seconds)
-    return result
+
+
+# --------------------------------------------------------------------------- logging, for the caller
+
+
+def epoch_logger() -> keras.callbacks.Callback:
+    """A Keras callback logging each epoch's metrics (and its wall time) to the active run in one call."""
+
+    class EpochLogger(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            tracking.log_metrics({**(logs or {}), "epoch_time_s": time.perf_counter() - self._start}, step=epoch)
+
+    return EpochLogger()
 
 
 def model_requirements() -> list[str]:
@@ -169,14 +202,47 @@ def model_requirements() -> list[str]:
     return reqs
 
 
-def log_model(model: keras.Model, example: np.ndarray) -> None:
+def log_model(model: keras.Model, example: np.ndarray, params: dict[str, str]) -> str:
+    """Log the Keras model (with a signature) as the active run's one LoggedModel; return its model_id.
+
+    The LoggedModel is created first, by itself (a retry finds it rather than making a second), then
+    ``log_model`` fills it with the model's files, which is safe to repeat.
+    """
     import mlflow
     from mlflow.models import infer_signature
 
+    run = mlflow.active_run()
+    assert run is not None, "log_model needs an active run"
+    client = mlflow.MlflowClient()
+
+    def recover() -> Any:
+        found = client.search_logged_models(
+            experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+        )
+        return next((m for m in found if m.name == MODEL_NAME), None)
+
+    logged = tracking.retry(
+        mlflow.initialize_logged_model, name=MODEL_NAME, source_run_id=run.info.run_id, params=params,
+        model_type="keras", recover=recover,
+    )  # fmt: skip
     signature = infer_signature(example, np.asarray(model(example, training=False)))
     tracking.retry(
-        mlflow.keras.log_model, model, name="model", signature=signature, pip_requirements=model_requirements()
-    )
+        mlflow.keras.log_model, model, name=MODEL_NAME, signature=signature,
+        pip_requirements=model_requirements(), model_id=logged.model_id,
+    )  # fmt: skip
+    return logged.model_id
+
+
+def log_training(cfg: Config, result: TrainResult) -> str | None:
+    """Log a training's result to the active run; return the logged model's id (None: no model logged)."""
+    if not tracking.active():
+        return None
+    tracking.log_metrics({"train_time_s": result.train_seconds, "parameters": result.parameters, "train_samples": result.samples})
+    tracking.set_tags({"precision": result.precision})
+    tracking.log_artifact(result.history_path, "reports")
+    if cfg.tracking.log_model:
+        return log_model(result.model, result.example, tracking.config_params(cfg))
+    return None
 
 
 def main() -> None:
@@ -184,8 +250,9 @@ def main() -> None:
     cfg = load_params()
     remove(cfg.paths.run_info)
     with tracking.start_run(cfg) as run:
-        train(cfg)
-        write_json(cfg.paths.run_info, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
+        result = train(cfg, callbacks=[epoch_logger()])
+        model_id = log_training(cfg, result)
+    tracking.record_of(run, model_id).write(cfg.paths.run_info)
 
 
 if __name__ == "__main__":

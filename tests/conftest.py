@@ -1,12 +1,18 @@
 """Shared fixtures: configs composed from conf/ with Hydra's compose API, every output under tmp_path.
 
-The real MNIST comes from a local mirror ($DATA_MIRROR, default ../shared/data/mnist): tests never
-download. It is fetched and preprocessed once per session; each test gets its own models, reports and
-MLflow store.
+Tiers: ``tests/unit`` runs on small synthetic arrays in-process (no MNIST, no MLflow store, no subprocess);
+``tests/integration`` uses small subsets of the real MNIST, real MLflow stores under ``tmp_path``, real DVC;
+tests marked ``slow`` use the full data.
+
+The real MNIST comes through the pipeline's own verified download (:func:`pipeline.prepare.ensure_data`):
+from ``$DATA_MIRROR`` when set, else the public mirrors, into the per-user cache, so a machine downloads
+it at most once. With neither reachable, the tests that need it are skipped, with one line saying how to
+point ``DATA_MIRROR`` at a folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -19,41 +25,54 @@ import pytest
 from pipeline.config import Config, compose, validate
 
 ROOT = Path(__file__).resolve().parents[1]
-MIRROR = Path(os.environ.get("DATA_MIRROR") or ROOT.parent / "shared" / "data" / "mnist").resolve()
+#: Test outputs the job runs redirect into Hydra's job folder (the rest point at the session's data).
+OUTPUT_PATHS = ("model", "run_info", "eval_info", "history", "metrics", "confusion", "per_class")
+
+
+def data_cache() -> Path:
+    from pipeline.files import user_cache_dir
+
+    return user_cache_dir() / "data"
 
 
 @pytest.fixture(scope="session")
-def mirror() -> Path:
-    if not (MIRROR / "train-images-idx3-ubyte.gz").is_file():
-        pytest.fail(f"MNIST mirror not found at {MIRROR}: set DATA_MIRROR to a folder with the four .gz files")
-    return MIRROR
+def mnist():
+    """MNIST prepared once per machine (verified download, preprocess) in the per-user cache."""
+    from pipeline.errors import DataError
+    from pipeline.prepare import ensure_data
+
+    dataset = validate(compose()).dataset
+    if not os.environ.get("DATA_MIRROR"):  # public mirrors: fail fast when there is no network
+        dataset = dataclasses.replace(dataset, timeout=10.0, retries=1)
+    try:
+        return ensure_data(dataset, data_cache())
+    except DataError:
+        pytest.skip("MNIST not reachable: set DATA_MIRROR to a folder holding the four MNIST .gz files")
 
 
 @pytest.fixture(scope="session")
-def data_dirs(tmp_path_factory, mirror) -> tuple[Path, Path]:
-    """(raw_dir, processed_dir) holding the real MNIST, made once per session by the real stages."""
-    from pipeline.download import download
-    from pipeline.preprocess import preprocess
+def mirror(mnist) -> Path:
+    """A local mirror for subprocess stages: the verified, decompressed IDX files (no download at all)."""
+    return mnist.raw_dir
 
-    base = tmp_path_factory.mktemp("data")
-    cfg = validate(compose())
-    download(cfg.dataset, base / "raw", env={"DATA_MIRROR": str(mirror)})
-    preprocess(cfg.dataset, base / "raw", base / "processed")
-    return base / "raw", base / "processed"
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch) -> None:
+    """No test sees a tracking server, a DVC stage or an externalized secret from the shell."""
+    for name in list(os.environ):
+        if name.startswith(("MLFLOW_", "DVC_", "PIPELINE_SECRET_")):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture
-def make_cfg(tmp_path, data_dirs, monkeypatch) -> Callable[..., Config]:
+def make_cfg(tmp_path, mnist) -> Callable[..., Config]:
     """Compose conf/ with overrides; data from the session's copy, all outputs and MLflow under tmp_path."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("DVC_ROOT", raising=False)
-    raw, processed = data_dirs
 
     def make(*overrides: str) -> Config:
         cfg = validate(compose(["train.subset=512", "train.verbose=0", *overrides]))
         p = cfg.paths
-        p.raw_dir, p.processed_dir = str(raw), str(processed)
-        for key in ("model", "run_info", "history", "metrics", "confusion", "per_class"):
+        p.raw_dir, p.processed_dir, p.data_cache = str(mnist.raw_dir), str(mnist.processed_dir), str(data_cache())
+        for key in OUTPUT_PATHS:
             setattr(p, key, str(tmp_path / "out" / Path(getattr(p, key)).name))
         p.backup_dir = str(tmp_path / "backup")
         cfg.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -65,24 +84,29 @@ def make_cfg(tmp_path, data_dirs, monkeypatch) -> Callable[..., Config]:
 @pytest.fixture
 def repo_copy(tmp_path) -> Path:
     """A copy of the project's tracked files in a fresh git repo, as a clone would have them."""
-    dest = tmp_path / "repo"
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    return copy_repo(tmp_path / "repo")
+
+
+def copy_repo(dest: Path) -> Path:
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     for name in files:
         if (ROOT / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, dest / name)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
-    subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], cwd=dest, check=True
-    )
+    subprocess.run([*git, "commit", "-qm", "copy"], cwd=dest, check=True)
     return dest
 
 
 def stage_env(mirror: Path, **extra: str) -> dict[str, str]:
     """Environment for subprocess stages: this interpreter's bin first on PATH, as `make` sets it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "PIPELINE_SECRET_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["DATA_MIRROR"] = str(mirror)
+    env.setdefault("MPLBACKEND", "Agg")
     env.update(extra)
     return env

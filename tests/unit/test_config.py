@@ -1,4 +1,5 @@
-"""The config: params.yaml is conf/'s composition, and the schema refuses bad input by key name."""
+"""The config: params.yaml is conf/'s composition, the schema refuses bad input by key name (with a "did you
+mean"), the Hydra command line is checked before Hydra runs, and an optimizer is one dataclass + one YAML."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from pipeline.config import ConfigError, compose, load_params, validate
+from pipeline.overrides import check, prepare_argv
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
 
 
 def test_params_yaml_is_the_composition_of_conf():
@@ -23,6 +25,7 @@ def test_defaults_reproduce_the_seed():
     assert cfg.optimizer.name == "adam" and cfg.optimizer.learning_rate == 0.001
     assert (cfg.train.batch_size, cfg.train.epochs, cfg.train.shuffle, cfg.train.subset) == (32, 1, True, None)
     assert cfg.train.precision == "float32" and cfg.train.lr_scale == 1.0
+    assert cfg.tracking.uri == "sqlite:///mlflow.db"
     assert cfg.loss == "sparse_categorical_crossentropy" and cfg.metrics == ["accuracy"]
 
 
@@ -65,7 +68,7 @@ def test_lr_scale_multiplies_the_learning_rate():
         (["model.conv_dropout=1.0"], "'model.conv_dropout': 1.0; allowed: a number in [0, 1)"),
         (["train.precision=fp8"], "'train.precision': 'fp8'; allowed: float32 | mixed_bfloat16"),
         (["train.epochs=three"], "bad value for 'train.epochs': 'three'"),
-        (["+train.epoch=3"], "unknown key 'train.epoch'"),
+        (["+train.epoch=3"], "unknown key 'train.epoch' (not a field of 'train'); did you mean 'train.epochs'?"),
         (["+learning_rate=3"], "unknown key 'learning_rate'"),
         (["optimizer=sgd", "+optimizer.beta_1=0.5"], "unknown key 'optimizer.beta_1'"),
         (["metrics=[accuracy,auc]"], "'metrics[1]': 'auc'"),
@@ -98,6 +101,14 @@ def test_unknown_optimizer_in_params_lists_choices(tmp_path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=r"params.yaml: optimizer.name='adagrad' .* sgd, rmsprop, adam"):
         load_params(path)
+    data["optimizer"]["name"] = "adam"
+    data["optimizer"]["lr"] = 0.01
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(err.value).endswith(
+        "params.yaml: unknown key 'optimizer.lr' (not a field of 'optimizer'); did you mean 'optimizer.learning_rate'?"
+    )
 
 
 def test_params_file_errors_name_the_file(tmp_path):
@@ -111,3 +122,73 @@ def test_params_file_errors_name_the_file(tmp_path):
     unsafe.write_text("seed: !!python/object/apply:os.system ['echo owned']\n")
     with pytest.raises(ConfigError, match="unsafe.yaml: not valid YAML"):  # safe loader: no object tags
         load_params(unsafe)
+
+
+# ---------------------------------------------------------------- the Hydra command line, before Hydra
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["optimizer.lr=0.01"], "overrides: unknown key 'optimizer.lr' (not a field of 'optimizer'); did you mean 'optimizer.learning_rate'?"),
+        (["optimizer=adamw"], "overrides: optimizer=adamw: no such choice in group 'optimizer'; allowed: adam, rmsprop, sgd; did you mean 'adam'?"),
+        (["-m", "optimizer=sgd,adamw"], "optimizer=adamw: no such choice in group 'optimizer'"),
+        (["datset=mnist"], "overrides: unknown key 'datset'; did you mean 'dataset'?"),
+        (["optimizer.momentum=0.9"], "unknown key 'optimizer.momentum'"),  # adam has no momentum
+        (["train.batch_size=0"], "overrides: bad value for 'train.batch_size': 0; allowed: an integer >= 1"),
+        (["train.epochs=[1"], "overrides: "),  # a parse error, in Hydra's words
+    ],
+)
+def test_command_line_errors_name_the_key_and_suggest(argv, message):
+    with pytest.raises(ConfigError) as err:
+        prepare_argv(argv)
+    assert message in str(err.value)
+
+
+def test_command_line_accepts_what_the_config_knows():
+    check(["optimizer=sgd", "optimizer.momentum=0.9", "train.subset=100", "hydra.job.chdir=false"], multirun=False)
+    check(["optimizer=sgd,adam", "optimizer.learning_rate=0.1,0.01", "hydra/launcher=joblib"], multirun=True)
+    # A sweep's groups and keys are checked here; each job's values by the sweep callback before any runs.
+    check(["train.batch_size=0,32"], multirun=True)
+
+
+def test_credentials_on_the_command_line_become_environment_references():
+    env: dict[str, str] = {}
+    from pipeline import redact
+
+    out = redact.externalize("tracking.uri=postgresql://u:pa55word@h/db,sqlite:///x.db", env)
+    (name,) = env
+    assert env[name] == "pa55word" and name.startswith("PIPELINE_SECRET_")
+    assert out == f"tracking.uri=postgresql://u:${{oc.env:{name}}}@h/db,sqlite:///x.db"
+    assert redact.externalize(out, env) == out  # idempotent
+    assert redact.redact(out) == "tracking.uri=postgresql://***@h/db,sqlite:///x.db"
+
+
+# ---------------------------------------------------------------- one edit per optimizer
+
+
+def test_an_optimizer_is_one_dataclass_and_one_yaml(tmp_path, monkeypatch):
+    """A new optimizer needs its schema (a decorated dataclass) and conf/optimizer/<name>.yaml, nothing else."""
+    import shutil
+    from dataclasses import dataclass
+
+    from pipeline import config
+    from pipeline.config import OPTIMIZERS, OptimizerConfig, checked, optimizer
+    from pipeline.model import build_optimizer
+
+    monkeypatch.setitem(OPTIMIZERS, "nadam", OPTIMIZERS["adam"])  # restored after the test
+
+    @optimizer("nadam", "Nadam")
+    @dataclass
+    class NadamConfig(OptimizerConfig):
+        name: str = "nadam"
+        learning_rate: float = checked(2e-3, **config.POSITIVE)
+        beta_1: float = checked(0.9, **config.FRACTION)
+
+    conf = tmp_path / "conf"
+    shutil.copytree(ROOT / "conf", conf)
+    (conf / "optimizer" / "nadam.yaml").write_text("name: nadam\nlearning_rate: 0.002\nbeta_1: 0.9\n")
+    cfg = validate(compose(["optimizer=nadam"], conf_dir=conf))
+    assert type(build_optimizer(cfg.optimizer)).__name__ == "Nadam"
+    with pytest.raises(ConfigError, match="'optimizer.beta_1': 1.5; allowed: a number in"):
+        validate(compose(["optimizer=nadam", "optimizer.beta_1=1.5"], conf_dir=conf))

@@ -1,0 +1,100 @@
+"""Which of the project's own modules a module imports, directly or not, and a hash of their source.
+
+Consumes: the source files of the ``pipeline`` package, parsed with :mod:`ast` (never imported; imports
+inside functions count, since they run when the stage does). Produces: the import closure of a module,
+which the test of ``dvc.yaml`` compares with each stage's ``deps`` so they cannot drift, and a hash of that
+closure's source, part of the key of the Hydra app's prepared-data cache (:mod:`pipeline.prepare`), so a
+change to the preparing code prepares the data again.
+
+Run ``python -m pipeline.closure pipeline.train`` to print a module's closure as ``dvc.yaml`` lists it.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import sys
+from functools import cache
+from pathlib import Path
+
+PACKAGE = "pipeline"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def module_path(module: str) -> Path | None:
+    """The source file of ``pipeline.x`` (or of the package itself), if it exists."""
+    parts = module.split(".")
+    if parts[0] != PACKAGE:
+        return None
+    if len(parts) == 1:
+        return PACKAGE_DIR / "__init__.py"
+    rel = Path(*parts[1:])
+    for candidate in (PACKAGE_DIR / rel.with_suffix(".py"), PACKAGE_DIR / rel / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@cache
+def imported_names(module: str) -> frozenset[str]:
+    """Every module name that ``module``'s source imports anywhere (top level or in functions)."""
+    path = module_path(module)
+    if path is None:
+        return frozenset()
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: from . import x / from .x import y
+                base = module.split(".")[: -node.level] if path.name != "__init__.py" else module.split(".")
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found.add(target)
+            # `from pipeline import tracking` imports the module pipeline.tracking
+            found.update(f"{target}.{alias.name}" for alias in node.names if module_path(f"{target}.{alias.name}"))
+    return frozenset(found - {module})
+
+
+def direct_imports(module: str) -> frozenset[str]:
+    """The ``pipeline`` modules that ``module`` imports."""
+    return frozenset(m for m in imported_names(module) if module_path(m) is not None)
+
+
+def closure(module: str) -> list[Path]:
+    """Source files ``module`` needs: itself, every ``pipeline`` module it imports transitively, and the
+    package's ``__init__.py`` (importing any submodule runs it). Sorted, relative to the project root."""
+    seen, todo = {module, PACKAGE}, [module, PACKAGE]
+    while todo:
+        for dep in direct_imports(todo.pop()):
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    root = PACKAGE_DIR.parent
+    return sorted({p.relative_to(root) for m in seen if (p := module_path(m)) is not None})
+
+
+def third_party(module: str) -> set[str]:
+    """Top-level names of the other packages imported anywhere in ``module``'s closure (``keras``, ``numpy``)."""
+    modules = {".".join(rel.with_suffix("").parts).removesuffix(".__init__") for rel in closure(module)}
+    return {name.split(".")[0] for m in modules for name in imported_names(m) if module_path(name) is None and name}
+
+
+def source_hash(module: str) -> str:
+    """SHA-256 over the closure's file names and contents."""
+    h = hashlib.sha256()
+    for rel in closure(module):
+        h.update(str(rel).encode() + b"\0" + (PACKAGE_DIR.parent / rel).read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def main() -> None:
+    for module in sys.argv[1:] or [PACKAGE]:
+        print(f"{module}:")
+        for rel in closure(module):
+            print(f"  - {rel.as_posix()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""The Hydra app's command line, checked before Hydra sees it.
+
+Consumes: the arguments of ``python -m pipeline.run`` and ``conf/``. Produces: the arguments to hand to
+Hydra, with every credential in an override replaced by an environment reference
+(:func:`pipeline.redact.externalize`: Hydra's files and log lines then never hold it), or a
+:class:`~pipeline.errors.ConfigError` that names the override, says what is allowed and suggests the nearest
+known key or choice, exactly like a bad key in ``params.yaml``:
+
+    error: overrides: unknown key 'optimizer.lr' (not a field of 'optimizer'); did you mean 'optimizer.learning_rate'?
+    error: overrides: optimizer=adamw: no such choice in group 'optimizer'; allowed: adam, rmsprop, sgd; did you mean 'adam'?
+
+A single run is composed and validated completely here, so a refused run leaves no ``outputs/`` folder;
+the jobs of a sweep are each validated by :mod:`pipeline.sweep` before the first one starts.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from pipeline import redact
+from pipeline.config import CONF_DIR, compose, flatten, suggest, validate
+from pipeline.errors import ConfigError
+
+SOURCE = "overrides"
+
+
+def config_groups(conf_dir: Path | str = CONF_DIR) -> dict[str, list[str]]:
+    """The project's config groups and their options (``conf/<group>/<option>.yaml``)."""
+    conf_dir = Path(conf_dir)
+    return {
+        d.name: sorted(p.stem for p in d.glob("*.yaml"))
+        for d in sorted(conf_dir.iterdir())
+        if d.is_dir() and any(d.glob("*.yaml"))
+    }
+
+
+def _values(override: Any) -> list[Any]:
+    return list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+
+
+def check(overrides: list[str], multirun: bool, conf_dir: Path | str = CONF_DIR) -> None:
+    """Refuse unknown groups, choices and keys; for a single run, also every bad value (the full schema)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        raise ConfigError(f"{SOURCE}: {exc}") from None
+    groups = config_groups(conf_dir)
+    chosen: dict[str, list[str]] = {}
+    keyed = []
+    for o in parsed:
+        key = o.key_or_group
+        if o.is_hydra_override() or key.startswith("hydra/") or o.package is not None:
+            continue  # Hydra's own settings (launcher, sweeper, run dir): Hydra checks those
+        if key in groups and not (o.is_add() or o.is_force_add() or o.is_delete()):
+            for value in map(str, _values(o)):
+                if value not in groups[key]:
+                    raise ConfigError(
+                        f"{SOURCE}: {key}={value}: no such choice in group '{key}'; "
+                        f"allowed: {', '.join(groups[key])}{suggest(value, groups[key])}"
+                    )
+            chosen[key] = [str(v) for v in _values(o)]
+        elif o.is_add() or o.is_force_add():
+            continue  # adding a key is explicit; the schema refuses keys it does not know
+        else:
+            keyed.append(o)
+    if keyed:
+        known = _known_keys(chosen, conf_dir)
+        for o in keyed:
+            key = o.key_or_group
+            if key in groups:  # ~group deletes a default: nothing to check
+                continue
+            if not any(k == key or k.startswith(key + ".") for k in known):
+                parent = key.rsplit(".", 1)[0] if "." in key else ""
+                where = f" (not a field of '{parent}')" if parent else ""
+                raise ConfigError(f"{SOURCE}: unknown key '{key}'{where}{suggest(key, sorted(known))}")
+    if not multirun:
+        validate(compose(overrides, conf_dir), source=SOURCE)
+
+
+def _known_keys(chosen: dict[str, list[str]], conf_dir: Path | str) -> set[str]:
+    """Dotted keys of the composed config, over every combination of the chosen group options."""
+    keys: set[str] = set()
+    names = list(chosen)
+    for combo in itertools.product(*(chosen[n] for n in names)):
+        cfg = compose([f"{n}={v}" for n, v in zip(names, combo)], conf_dir)
+        tree = OmegaConf.to_container(cfg, resolve=False)
+        for dotted in flatten(tree):
+            parts = dotted.split(".")
+            keys.update(".".join(parts[: i + 1]) for i in range(len(parts)))
+    return keys
+
+
+def prepare_argv(argv: list[str], conf_dir: Path | str = CONF_DIR) -> list[str]:
+    """Check the overrides in ``argv`` and return ``argv`` with their credentials externalized."""
+    from hydra._internal.utils import get_args_parser
+
+    args = get_args_parser().parse_args(argv)
+    replaced = {o: redact.externalize(o) for o in args.overrides}
+    out = [replaced.get(token, token) for token in argv]
+    informational = args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
+    if not informational:
+        check(list(replaced.values()), multirun=bool(args.multirun), conf_dir=conf_dir)
+    return out
