@@ -23,15 +23,18 @@ import csv
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
-from pipeline import tracking
 from pipeline.config import Config, load_params
 from pipeline.data import load_split
 from pipeline.errors import DataError, run_cli
 from pipeline.files import atomic_path, remove, write_json
+
+# TensorFlow and MLflow are imported where used: a bad params.yaml is reported before either loads.
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,8 @@ class EvalResult:
 
 def load_model(path: Path | str) -> keras.Model:
     """Load a Keras model with safe_mode (no arbitrary code from lambdas); a bad file names itself."""
+    import keras
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: model file not found (run the train stage: dvc repro train)")
@@ -56,6 +61,8 @@ def load_model(path: Path | str) -> keras.Model:
 
 
 def score(model: keras.Model, x: np.ndarray, y: np.ndarray, num_classes: int) -> EvalResult:
+    import keras
+
     probs = np.asarray(model.predict(x, batch_size=1000, verbose=0), dtype=np.float32)
     pred = probs.argmax(axis=1)
     cm = np.bincount(y.astype(np.int64) * num_classes + pred, minlength=num_classes**2).reshape(num_classes, -1)
@@ -117,9 +124,12 @@ def confusion_figure(cm: np.ndarray, title: str):
 
 def log_evaluation(cfg: Config, result: EvalResult, model_id: str | None) -> None:
     """Log an evaluation to the active run; its metrics are linked to the logged model ``model_id``."""
+    import mlflow
+
+    from pipeline import tracking
+
     if not tracking.active():
         return
-    import mlflow
 
     per_class = {f"test_accuracy_class_{c}": a for c, a in enumerate(result.per_class_accuracy)}
     tracking.log_metrics({**result.metrics, **per_class}, model_id=model_id)
@@ -132,6 +142,8 @@ def log_evaluation(cfg: Config, result: EvalResult, model_id: str | None) -> Non
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_params()
+    from pipeline import tracking
+
     remove(cfg.paths.eval_info)
     trained = tracking.RunRecord.read(cfg.paths.run_info)
     with tracking.evaluation_run(cfg, trained) as run:

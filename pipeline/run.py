@@ -38,7 +38,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import redact
-from pipeline.config import Config, validate
+from pipeline.config import CONF_DIR, Config, validate
 from pipeline.errors import user_errors
 from pipeline.files import write_text
 from pipeline.overrides import prepare_argv
@@ -143,7 +143,7 @@ def run_job(raw: DictConfig) -> float:
         "overrides": override_str,
         "hydra_output_dir": str(output_dir),
         "hydra_mode": str(hc.mode.name),
-        "data_dir": str(prepared.processed_dir),
+        "data_dir": str(prepared.processed_dir.resolve()),
         "data_digest": prepared.digest,
     }
     if multirun:
@@ -167,7 +167,7 @@ def run_job(raw: DictConfig) -> float:
     return value
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def hydra_main(raw: DictConfig) -> float:
     redact.install()  # again in each joblib worker process
     with user_errors():

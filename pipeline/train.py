@@ -28,17 +28,20 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 
-from pipeline import tracking
 from pipeline.config import Config, TrainConfig, config_hash, load_params
 from pipeline.data import load_split
 from pipeline.errors import run_cli
 from pipeline.files import atomic_path, exclusive_lock, remove, write_json
-from pipeline.model import build_model, build_optimizer
+
+# TensorFlow (4-5 s to import) and MLflow (1.5 s) are imported where used, so a bad params.yaml is
+# reported at once, before either loads.
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "model"
@@ -78,16 +81,21 @@ def resolve_precision(train: TrainConfig) -> str:
     return "mixed_bfloat16" if cpu_has_bf16() else "float32"
 
 
-class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore whose backups are renamed into place: a kill during a save leaves the previous one."""
+@cache
+def atomic_backup_and_restore() -> type:
+    """Keras' BackupAndRestore, with backups renamed into place: a kill during a save leaves the previous one."""
+    import keras
 
-    def _save_model(self) -> None:
-        folder = Path(self.backup_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp_weights = folder / "partial.weights.h5"  # Keras insists on the .weights.h5 suffix
-        self.model.save_weights(str(tmp_weights), overwrite=True)
-        os.replace(tmp_weights, self._weights_path)
-        write_json(self._training_metadata_path, {"epoch": self._current_epoch, "batch": self._last_batch_seen})
+    class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+        def _save_model(self) -> None:
+            folder = Path(self.backup_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp_weights = folder / "partial.weights.h5"  # Keras insists on the .weights.h5 suffix
+            self.model.save_weights(str(tmp_weights), overwrite=True)
+            os.replace(tmp_weights, self._weights_path)
+            write_json(self._training_metadata_path, {"epoch": self._current_epoch, "batch": self._last_batch_seen})
+
+    return AtomicBackupAndRestore
 
 
 @contextlib.contextmanager
@@ -112,6 +120,10 @@ def fit_verbosity(train: TrainConfig) -> int:
 
 
 def compile_model(cfg: Config, precision: str) -> keras.Model:
+    import keras
+
+    from pipeline.model import build_model, build_optimizer
+
     keras.mixed_precision.set_dtype_policy(precision)
     model = build_model(cfg.model, cfg.dataset.num_classes)
     model.compile(
@@ -124,6 +136,8 @@ def compile_model(cfg: Config, precision: str) -> keras.Model:
 
 def train(cfg: Config, callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
     """Fit the model described by ``cfg`` and save it to ``cfg.paths.model``; ``callbacks`` join Keras' fit."""
+    import keras
+
     paths, t = cfg.paths, cfg.train
     remove(paths.model, paths.history)  # a failed run must not leave the previous model looking current
     x, y = load_split(paths.processed_dir, "train", cfg.dataset.num_classes)
@@ -150,7 +164,7 @@ def train(cfg: Config, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Tr
                 validation_split=t.validation_split,
                 verbose=fit_verbosity(t),
                 callbacks=[
-                    AtomicBackupAndRestore(str(backup), save_freq=t.backup_every),
+                    atomic_backup_and_restore()(str(backup), save_freq=t.backup_every),
                     keras.callbacks.CSVLogger(str(history_tmp)),
                     *callbacks,
                 ],
@@ -177,6 +191,9 @@ def train(cfg: Config, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Tr
 
 def epoch_logger() -> keras.callbacks.Callback:
     """A Keras callback logging each epoch's metrics (and its wall time) to the active run in one call."""
+    import keras
+
+    from pipeline import tracking
 
     class EpochLogger(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
@@ -211,6 +228,8 @@ def log_model(model: keras.Model, example: np.ndarray, params: dict[str, str]) -
     import mlflow
     from mlflow.models import infer_signature
 
+    from pipeline import tracking
+
     run = mlflow.active_run()
     assert run is not None, "log_model needs an active run"
     client = mlflow.MlflowClient()
@@ -235,6 +254,8 @@ def log_model(model: keras.Model, example: np.ndarray, params: dict[str, str]) -
 
 def log_training(cfg: Config, result: TrainResult) -> str | None:
     """Log a training's result to the active run; return the logged model's id (None: no model logged)."""
+    from pipeline import tracking
+
     if not tracking.active():
         return None
     tracking.log_metrics({"train_time_s": result.train_seconds, "parameters": result.parameters, "train_samples": result.samples})
@@ -248,6 +269,8 @@ def log_training(cfg: Config, result: TrainResult) -> str | None:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_params()
+    from pipeline import tracking
+
     remove(cfg.paths.run_info)
     with tracking.start_run(cfg) as run:
         result = train(cfg, callbacks=[epoch_logger()])

@@ -17,7 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,20 @@ import pytest
 from pipeline.config import Config, compose, validate
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _absl_logs_to_the_real_stderr() -> None:
+    """TensorFlow's absl log handler closes its stream when logging is reconfigured (Hydra does, at every
+    in-process run) unless that stream is the current sys.stderr: pointed at pytest's capture, it would close
+    pytest's capture file. The real stderr is never closed."""
+    try:
+        import absl.logging
+    except ImportError:
+        return
+    absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
+
+
+_absl_logs_to_the_real_stderr()
 #: Test outputs the job runs redirect into Hydra's job folder (the rest point at the session's data).
 OUTPUT_PATHS = ("model", "run_info", "eval_info", "history", "metrics", "confusion", "per_class")
 
@@ -57,11 +71,27 @@ def mirror(mnist) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_environment(monkeypatch) -> None:
-    """No test sees a tracking server, a DVC stage or an externalized secret from the shell."""
+def _isolated_process_state(monkeypatch) -> Iterator[None]:
+    """No test sees a tracking server, a DVC stage or an externalized secret from the shell; what an
+    entry point run in-process changes for the whole process (the environment, the redacting stdout and
+    stderr, Hydra's logging handlers) is undone after the test."""
+    import logging
+
     for name in list(os.environ):
         if name.startswith(("MLFLOW_", "DVC_", "PIPELINE_SECRET_")):
             monkeypatch.delenv(name)
+    environ = dict(os.environ)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    streams = sys.stdout, sys.stderr
+    yield
+    sys.stdout, sys.stderr = streams
+    for handler in set(root.handlers) - set(handlers):
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level)
+    os.environ.clear()
+    os.environ.update(environ)
 
 
 @pytest.fixture

@@ -1,10 +1,22 @@
-"""`dvc repro` in a fresh copy of the repository: the real stages, caching, and the MLflow run they share."""
+"""Where the tools meet, in one fresh copy of the repository: `dvc repro`, then the Hydra app sweeping over
+datasets with the joblib launcher while other processes reap orphaned runs, then a re-evaluation.
+
+One scenario (a module fixture) runs the real commands once; each test checks one promise about what they
+left: DVC's outputs are DVC's alone, each job trains on its own data, runs end FINISHED despite the
+reaping, a finished run stays history, and no credential (from params.yaml, the command line, a sweep or
+the environment) reaches any byte the project wrote or printed.
+"""
 
 from __future__ import annotations
 
+import base64
+import functools
+import http.server
 import json
 import re
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,77 +26,225 @@ import pytest
 import yaml
 
 from pipeline.data import load_split
-from tests.conftest import stage_env
+from tests.conftest import copy_repo, stage_env
+from tests.integration.test_run import assert_nowhere, written_files
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+SECRETS = {"params": "params-secret-1", "sweep": "sweep-secret-2", "env": "env-secret-3", "password": "env-secret-4"}
 
 
-def repro(repo: Path, env: dict[str, str], *args: str) -> tuple[list[str], float]:
-    start = time.perf_counter()
-    proc = subprocess.run(["dvc", "repro", *args], cwd=repo, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return re.findall(r"Running stage '(\w+)'", proc.stdout), elapsed
+class MirrorHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves the MNIST files under /mnist/ to user bob with any of the test passwords (basic auth)."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):  # noqa: N802
+        allowed = {"Basic " + base64.b64encode(f"bob:{pw}".encode()).decode() for pw in SECRETS.values()}
+        if self.headers.get("Authorization") not in allowed:
+            self.send_error(401)
+            return
+        self.path = self.path.removeprefix("/mnist").removesuffix(".gz")  # the files lie decompressed
+        super().do_GET()
 
 
-def set_params(repo: Path, **changes: dict) -> None:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for section, values in changes.items():
-        params[section].update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+def dvc(repo: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"dvc {' '.join(args)}: exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc
 
 
-def only_run(repo: Path):
-    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+def ran(proc: subprocess.CompletedProcess) -> list[str]:
+    return re.findall(r"Running stage '(\w+)'", proc.stdout)
+
+
+def store(repo: Path) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, mirror):
+    """Run the scenario once; return what the tests inspect."""
+    repo = copy_repo(tmp_path_factory.mktemp("project") / "repo")
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(MirrorHandler, directory=str(mirror)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://bob:{{}}@127.0.0.1:{httpd.server_port}/mnist/"
+    printed: list[str] = []
+    try:
+        # 1. dvc repro, with a credential in params.yaml and no $DATA_MIRROR: the stages must use it.
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        params["dataset"]["mirrors"] = [base.format(SECRETS["params"])]
+        params["train"].update(subset=300, verbose="0")
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        env = stage_env(mirror, DATA_MIRROR="", MLFLOW_TRACKING_PASSWORD=SECRETS["password"])
+        first = dvc(repo, env, "repro")
+        printed += [first.stdout, first.stderr]
+        outputs_before = {p: (repo / p).read_bytes() for p in ("data/processed/train.npz", "models/model.keras", "reports/metrics.json")}
+        trained_run = json.loads((repo / "models" / "mlflow_run.json").read_text())["run_id"]
+        client = store(repo)
+        train_before = client.get_run(trained_run)
+        history_before = client.get_metric_history(trained_run, "test_accuracy")
+
+        # 2. A joblib sweep over datasets, credentials on the command line and in the environment,
+        #    while two other processes reap orphaned runs of the same store.
+        datasets = "dataset=mnist,fashion_mnist" if FASHION.is_dir() else "seed=1,2"
+        sweep_mirrors = f"dataset.mirrors=[{base.format(SECRETS['sweep'])},{FASHION}]"
+        sweep_env = {**env, "DATA_MIRROR": base.format(SECRETS["env"])}
+        stop = repo.parent / "stop-reaping"
+        reaper = [sys.executable, "-c", REAPER, f"sqlite:///{repo / 'mlflow.db'}", str(stop)]
+        reapers = [subprocess.Popen(reaper, cwd=repo, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        try:
+            sweep = subprocess.run(
+                [sys.executable, "-m", "pipeline.run", "-m", datasets, sweep_mirrors, "train.subset=300", "train.verbose=0",
+                 "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                cwd=repo, env=sweep_env, capture_output=True, text=True, timeout=600,
+            )  # fmt: skip
+        finally:
+            stop.touch()
+            reaps = [int(r.communicate(timeout=60)[0].strip() or 0) for r in reapers]
+        printed += [sweep.stdout, sweep.stderr]
+        assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
+
+        # 3. DVC's view after the app: nothing changed, nothing to run.
+        status = dvc(repo, env, "status")
+        noop = dvc(repo, env, "repro")
+
+        # 4. The evaluation code changes: only evaluate reruns, on the model train made in step 1.
+        with open(repo / "pipeline" / "evaluate.py", "a") as f:
+            f.write("\n# a change to the evaluation code\n")
+        reevaluated = dvc(repo, env, "repro")
+        printed += [reevaluated.stdout, reevaluated.stderr]
+
+        # 5. Another optimizer in params.yaml: DVC knows the data stages are unaffected.
+        params["optimizer"] = {"name": "sgd", "learning_rate": 0.01, "momentum": 0.0, "nesterov": False}
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        changed = dvc(repo, env, "status", "--json")
+        yield {
+            "repo": repo, "first": first, "sweep": sweep, "status": status, "noop": noop, "reevaluated": reevaluated,
+            "changed": json.loads(changed.stdout), "reaps": reaps, "outputs_before": outputs_before,
+            "train_before": train_before, "history_before": history_before, "printed": "".join(printed),
+            "datasets": datasets,
+        }  # fmt: skip
+    finally:
+        httpd.shutdown()
+
+
+REAPER = """
+import pathlib, sys, time
+from pipeline import tracking
+n = 0
+while not pathlib.Path(sys.argv[2]).exists():
+    tracking.reap_orphans(sys.argv[1])
+    n += 1
+    time.sleep(0.02)  # a polling interval, not a race to win
+print(n)
+"""
+
+
+def sweep_children(repo: Path) -> list:
+    client = store(repo)
     exp = client.get_experiment_by_name("mnist-cnn")
     runs = client.search_runs([exp.experiment_id])
-    return client, exp, runs
+    (parent,) = [r for r in runs if r.data.tags.get("sweep") == "true"]
+    return [parent] + [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
 
 
-def test_dvc_repro_smoke_caching_and_mlflow(repo_copy, mirror):
-    env = stage_env(mirror)
-    set_params(repo_copy, train={"subset": 300, "verbose": "0"})
-    stages, _ = repro(repo_copy, env)
-    assert stages == ["download", "preprocess", "train", "evaluate"]
-
-    metrics = json.loads((repo_copy / "reports" / "metrics.json").read_text())
-    assert metrics["test_samples"] == 10000 and 0.1 < metrics["test_accuracy"] <= 1
-    client, exp, runs = only_run(repo_copy)
-    # Store and artifacts at the project root, resolved from the root, not wherever the process ran.
-    assert exp.artifact_location == (repo_copy / "mlruns").as_uri()
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    run = runs[0]
-    assert run.info.run_id == json.loads((repo_copy / "models" / "mlflow_run.json").read_text())["run_id"]
-    assert run.data.metrics["test_accuracy"] == metrics["test_accuracy"]
+def test_dvc_repro_runs_four_stages_into_one_finished_run(project):
+    repo = project["repo"]
+    assert ran(project["first"]) == ["download", "preprocess", "train", "evaluate"]
+    metrics = json.loads(project["outputs_before"]["reports/metrics.json"])
+    run = project["train_before"]
+    assert run.info.status == "FINISHED" and run.data.metrics["test_accuracy"] == metrics["test_accuracy"]
     assert run.data.params["train.subset"] == "300" and run.data.tags["dvc"] == "true"
     assert re.fullmatch(r"[0-9a-f]{40}", run.data.tags["git_commit"])
+    exp = store(repo).get_experiment(run.info.experiment_id)
+    assert exp.artifact_location == (repo / "mlruns").as_uri()  # the store's files beside the store
+    record = json.loads((repo / "models" / "mlflow_run.json").read_text())
+    assert record["run_id"] == run.info.run_id and store(repo).get_logged_model(record["model_id"]).source_run_id == run.info.run_id
 
-    # Nothing changed: nothing runs, fast.
-    stages, elapsed = repro(repo_copy, env)
-    assert stages == [] and elapsed < 5, (stages, elapsed)
 
-    # Another optimizer: only train and evaluate run, in a second MLflow run.
-    params = yaml.safe_load((repo_copy / "params.yaml").read_text())
-    params["optimizer"] = {"name": "sgd", "learning_rate": 0.01, "momentum": 0.0, "nesterov": False}
-    (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    stages, _ = repro(repo_copy, env)
-    assert stages == ["train", "evaluate"]
-    _, _, runs = only_run(repo_copy)
-    assert sorted(r.data.params["optimizer.name"] for r in runs) == ["adam", "sgd"]
+def test_the_app_never_writes_dvc_outputs(project):
+    repo = project["repo"]
+    assert "up to date" in project["status"].stdout.lower() or project["status"].stdout.strip() == "", project["status"].stdout
+    assert ran(project["noop"]) == []
+    for path, before in project["outputs_before"].items():
+        if path != "reports/metrics.json":  # rewritten by the re-evaluation, with the same numbers
+            assert (repo / path).read_bytes() == before, path
+
+
+def test_each_sweep_job_trains_and_tests_on_its_own_data(project):
+    repo = project["repo"]
+    parent, *children = sweep_children(repo)
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    digests = {c.data.tags["data_digest"] for c in children}
+    if project["datasets"].startswith("dataset="):
+        assert {c.data.tags["dataset"] for c in children} == {"mnist", "fashion_mnist"}
+        assert len(digests) == 2  # two datasets, two prepared folders
+        for child in children:
+            _, y = load_split(child.data.tags["data_dir"], "test")
+            expected = [1000] * 10 if child.data.tags["dataset"] == "fashion_mnist" else [980, 1135, 1032]
+            assert np.bincount(y).tolist()[: len(expected)] == expected
+            assert Path(child.data.tags["data_dir"]).is_relative_to(repo / ".cache" / "data")
+    else:
+        assert len(digests) == 1
+
+
+def test_runs_end_finished_while_other_processes_reap(project):
+    runs = sweep_children(project["repo"])
+    assert [r.info.status for r in runs] == ["FINISHED"] * len(runs)
+    assert all(n > 10 for n in project["reaps"]), project["reaps"]  # the reapers were really busy meanwhile
+    assert not list((project["repo"] / "mlflow.db-running").glob("*.json"))  # no record outlives its run
+
+
+def test_a_re_evaluation_gets_its_own_run_and_the_trained_run_stays_history(project):
+    repo = project["repo"]
+    assert ran(project["reevaluated"]) == ["evaluate"]
+    before, client = project["train_before"], store(repo)
+    after = client.get_run(before.info.run_id)
+    assert (after.info.status, after.info.end_time) == (before.info.status, before.info.end_time)
+    assert after.data.metrics == before.data.metrics and after.data.tags == before.data.tags
+    assert len(client.get_metric_history(before.info.run_id, "test_accuracy")) == len(project["history_before"]) == 1
+    evaluation = json.loads((repo / "reports" / "mlflow_eval.json").read_text())
+    assert evaluation["train_run_id"] == before.info.run_id and evaluation["run_id"] != before.info.run_id
+    run = client.get_run(evaluation["run_id"])
+    assert run.data.tags["mlflow.parentRunId"] == before.info.run_id and run.info.status == "FINISHED"
+    assert run.data.metrics["test_accuracy"] == before.data.metrics["test_accuracy"]
+    model = client.get_logged_model(evaluation["model_id"])
+    assert {m.run_id for m in model.metrics if m.key == "test_accuracy"} == {before.info.run_id, run.info.run_id}
+
+
+def test_changing_the_optimizer_reruns_training_not_the_data_stages(project):
+    # train's params changed; evaluate follows from train's new outputs; download and preprocess stay cached.
+    assert list(project["changed"]) == ["train"], project["changed"]
+    assert project["changed"]["train"] == [{"changed deps": {"params.yaml": {"optimizer": "modified"}}}]
+
+
+def test_no_credential_reaches_anything_written_or_printed(project):
+    repo = project["repo"]
+    # params.yaml is the user's own file (to keep out of git when it holds a secret): the one exception.
+    files = [p for p in written_files(repo) if p != repo / "params.yaml"]
+    names = {str(p.relative_to(repo)).split("/")[0] for p in files}
+    assert {"dvc.lock", "mlflow.db", "mlruns", "multirun", ".cache", "data", "models", "reports"} <= names
+    assert_nowhere(SECRETS, files, project["printed"])
+    assert "***@127.0.0.1" in project["printed"]  # the mirrors were logged, masked
 
 
 @pytest.mark.slow
-def test_full_default_pipeline(repo_copy, mirror):
+def test_full_default_pipeline(tmp_path, mirror):
     """`make run`'s `dvc repro` with the seed's defaults on all 60,000 images: >= 0.98, reproduced by pyfunc."""
-    env = stage_env(mirror)
-    stages, elapsed = repro(repo_copy, env)
-    assert stages == ["download", "preprocess", "train", "evaluate"]
-    metrics = json.loads((repo_copy / "reports" / "metrics.json").read_text())
-    print(f"full pipeline: {elapsed:.1f} s, {metrics}")
+    repo = copy_repo(tmp_path / "repo")
+    start = time.perf_counter()
+    proc = dvc(repo, stage_env(mirror), "repro")
+    assert ran(proc) == ["download", "preprocess", "train", "evaluate"]
+    metrics = json.loads((repo / "reports" / "metrics.json").read_text())
+    print(f"full pipeline: {time.perf_counter() - start:.1f} s, {metrics}")
     assert metrics["test_accuracy"] >= 0.98
-    client, _, runs = only_run(repo_copy)
-    run = runs[0]
+    record = json.loads((repo / "models" / "mlflow_run.json").read_text())
+    client = store(repo)
+    run = client.get_run(record["run_id"])
     assert run.data.metrics["test_accuracy"] == metrics["test_accuracy"]
     assert run.data.metrics["train_samples"] == 60000
-    mlflow.set_tracking_uri(f"sqlite:///{repo_copy / 'mlflow.db'}")
-    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    x, y = load_split(repo_copy / "data" / "processed", "test")
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model(f"models:/{record['model_id']}")
+    x, y = load_split(repo / "data" / "processed", "test")
     assert float((np.asarray(model.predict(x)).argmax(1) == y).mean()) == metrics["test_accuracy"]

@@ -1,0 +1,24 @@
+"""Training's bookkeeping, without training: resumable-backup folders and the seed's arithmetic."""
+
+from __future__ import annotations
+
+from pipeline.config import compose, validate
+from pipeline.train import backup_folder, resolve_precision
+
+
+def test_two_trainings_of_one_config_never_share_a_backup_folder(tmp_path):
+    with backup_folder(tmp_path, "abc") as first:
+        with backup_folder(tmp_path, "abc") as second:  # the same config, training at the same time
+            assert first == tmp_path / "abc" and second == tmp_path / "abc-1"
+    with backup_folder(tmp_path, "abc") as rerun:  # the first ended (or was killed): its rerun resumes there
+        assert rerun == tmp_path / "abc"
+
+
+def test_the_default_trains_as_the_seed_does():
+    """Adam with Keras' defaults, batch 32, one shuffled epoch over all samples, in float32."""
+    cfg = validate(compose())
+    t, o = cfg.train, cfg.optimizer
+    assert (o.name, o.learning_rate, t.lr_scale) == ("adam", 0.001, 1.0)
+    assert (t.batch_size, t.epochs, t.shuffle, t.subset, t.validation_split) == (32, 1, True, None, 0.0)
+    assert resolve_precision(t) == "float32"
+    assert cfg.loss == "sparse_categorical_crossentropy" and cfg.metrics == ["accuracy"]
