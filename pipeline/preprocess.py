@@ -1,9 +1,10 @@
 """Stage ``preprocess``: IDX files -> ``train.npz`` and ``test.npz`` in ``paths.processed_dir``.
 
 Consumes: the verified IDX files in ``paths.raw_dir`` (see :mod:`pipeline.download`).
-Produces: one ``.npz`` per split with ``x``, float32 images scaled to [0, 1] and shaped (N, 28, 28, 1),
-and ``y``, uint8 labels (N,). No pickles; bytes are deterministic; written atomically. NumPy only:
-this stage does not import TensorFlow.
+Produces: one ``.npz`` per split with ``x``, the uint8 pixels shaped (N, 28, 28, 1), and ``y``, uint8
+labels (N,). Scaling to [0, 1] happens as the splits are loaded (:func:`pipeline.data.load_split`): float32
+would be 4x the bytes to write, hash, cache and read for the same information. No pickles; bytes are
+deterministic; written atomically. NumPy only: this stage does not import TensorFlow.
 
 Run: ``python -m pipeline.preprocess`` (reads params.yaml), or ``dvc repro preprocess``.
 """
@@ -39,9 +40,7 @@ def preprocess(dataset: DatasetConfig, raw_dir: Path | str, processed_dir: Path 
             raw_dir / raw_name(dataset.files[f"{split}_labels"]),
             dataset.num_classes,
         )
-        # Scale by multiplying into a preallocated float32 array: no float64 intermediate.
-        x = np.empty(images.shape + (1,), dtype=np.float32)
-        np.multiply(images[..., None], np.float32(1.0 / 255.0), out=x)
+        x = images[..., None]  # the channel axis Keras' Conv2D expects
         paths[split] = processed_dir / f"{split}.npz"
         save_npz(paths[split], x=x, y=labels)
         counts[split] = len(labels)

@@ -1,10 +1,12 @@
 """Where the tools meet, in one fresh copy of the repository: `dvc repro`, then the Hydra app sweeping over
-datasets with the joblib launcher while other processes reap orphaned runs, then a re-evaluation.
+datasets with the joblib launcher while other processes reap orphaned runs, then queued DVC experiments
+on two workers, then a re-evaluation.
 
 One scenario (a module fixture) runs the real commands once; each test checks one promise about what they
 left: DVC's outputs are DVC's alone, each job trains on its own data, runs end FINISHED despite the
-reaping, a finished run stays history, and no credential (from params.yaml, the command line, a sweep or
-the environment) reaches any byte the project wrote or printed.
+reaping, queued experiments log to the project's store, a finished run stays history, and no credential
+(from params.yaml, the command line, a sweep or the environment) reaches any byte the project wrote or
+printed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from tests.conftest import copy_repo, stage_env
 from tests.integration.test_run import assert_nowhere, written_files
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
+# With `pytest -n` the scenario's tests stay on one worker, so the scenario runs once.
+pytestmark = pytest.mark.xdist_group("dvc_project")
 SECRETS = {"params": "params-secret-1", "sweep": "sweep-secret-2", "env": "env-secret-3", "password": "env-secret-4"}
 
 
@@ -109,13 +113,30 @@ def project(tmp_path_factory, mirror):
         status = dvc(repo, env, "status")
         noop = dvc(repo, env, "repro")
 
-        # 4. The evaluation code changes: only evaluate reruns, on the model train made in step 1.
+        # 4. Queued DVC experiments, two workers in temporary copies (under .dvc/tmp/exps) at once.
+        # (`dvc exp run -S` recomposes params.yaml from conf/, so the subset is given again.)
+        small = ("-S", "train.subset=300", "-S", "train.verbose=0")
+        queued = dvc(repo, env, "exp", "run", "--queue", "-S", "optimizer=rmsprop,adam", *small).stdout
+        experiments = re.findall(r"Queued experiment '(\S+)'", queued)
+        try:
+            # The workers run in the background, holding any pipe they inherit: give them none.
+            subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=repo, env=env, check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)  # fmt: skip
+            deadline = time.monotonic() + 300
+            while re.search(r"\b(Queued|Running)\b", queue := dvc(repo, env, "queue", "status").stdout):
+                assert time.monotonic() < deadline, f"queue still busy:\n{queue}"
+                time.sleep(2)  # polling the queue, not racing it
+        finally:
+            subprocess.run(["dvc", "queue", "stop"], cwd=repo, env=env, capture_output=True, timeout=120)
+        shown = json.loads(dvc(repo, env, "exp", "show", "--json").stdout)
+
+        # 5. The evaluation code changes: only evaluate reruns, on the model train made in step 1.
         with open(repo / "pipeline" / "evaluate.py", "a") as f:
             f.write("\n# a change to the evaluation code\n")
         reevaluated = dvc(repo, env, "repro")
         printed += [reevaluated.stdout, reevaluated.stderr]
 
-        # 5. Another optimizer in params.yaml: DVC knows the data stages are unaffected.
+        # 6. Another optimizer in params.yaml: DVC knows the data stages are unaffected.
         params["optimizer"] = {"name": "sgd", "learning_rate": 0.01, "momentum": 0.0, "nesterov": False}
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         changed = dvc(repo, env, "status", "--json")
@@ -123,7 +144,7 @@ def project(tmp_path_factory, mirror):
             "repo": repo, "first": first, "sweep": sweep, "status": status, "noop": noop, "reevaluated": reevaluated,
             "changed": json.loads(changed.stdout), "reaps": reaps, "outputs_before": outputs_before,
             "train_before": train_before, "history_before": history_before, "printed": "".join(printed),
-            "datasets": datasets,
+            "datasets": datasets, "experiments": experiments, "queue": queue, "shown": shown,
         }  # fmt: skip
     finally:
         httpd.shutdown()
@@ -194,6 +215,30 @@ def test_runs_end_finished_while_other_processes_reap(project):
     assert [r.info.status for r in runs] == ["FINISHED"] * len(runs)
     assert all(n > 10 for n in project["reaps"]), project["reaps"]  # the reapers were really busy meanwhile
     assert not list((project["repo"] / "mlflow.db-running").glob("*.json"))  # no record outlives its run
+
+
+def test_queued_experiments_log_to_the_project_store_and_are_shown(project):
+    """DVC runs queued experiments in temporary copies; their runs land in the project's store (found via
+    $DVC_ROOT), two workers creating runs at once, and `dvc exp show` lists each with its params and metrics."""
+    repo, names = project["repo"], project["experiments"]
+    assert len(names) == 2 and all(re.search(rf"{re.escape(n)}\s+.*\bSuccess\b", project["queue"]) for n in names)
+    stray = [p for p in repo.rglob("mlflow.db") if p != repo / "mlflow.db"]
+    assert not stray, f"runs logged outside the project root's store: {stray}"
+    client = store(repo)
+    exp = client.get_experiment_by_name("mnist-cnn")
+    runs = {r.data.tags.get("dvc_exp_name"): r for r in client.search_runs([exp.experiment_id])}
+    shown = {
+        rev["name"]: rev["data"]
+        for entry in project["shown"]
+        for group in entry.get("experiments") or []
+        for rev in group["revs"]
+    }
+    assert {runs[n].data.params["optimizer.name"] for n in names} == {"rmsprop", "adam"}
+    for name in names:
+        run, data = runs[name], shown[name]
+        assert run.info.status == "FINISHED" and run.data.tags["dvc"] == "true"
+        assert data["params"]["params.yaml"]["data"]["optimizer"]["name"] == run.data.params["optimizer.name"]
+        assert data["metrics"]["reports/metrics.json"]["data"]["test_accuracy"] == pytest.approx(run.data.metrics["test_accuracy"])
 
 
 def test_a_re_evaluation_gets_its_own_run_and_the_trained_run_stays_history(project):

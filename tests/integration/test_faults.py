@@ -174,7 +174,7 @@ def test_missing_and_corrupt_inputs_name_the_file(make_cfg, tmp_path):
     with pytest.raises(DataError, match=r"bad/test.npz: corrupt or unreadable .npz \(Object arrays cannot be"):
         load_split(bad, "test")
     save_npz(bad / "test.npz", x=np.zeros((2, 28, 28), np.float64), y=np.zeros(2, np.uint8))
-    with pytest.raises(DataError, match=r"images must be float32 \(N, H, W, 1\), got float64"):
+    with pytest.raises(DataError, match=r"images must be uint8 pixels \(N, H, W, 1\), got float64"):
         load_split(bad, "test")
     with pytest.raises(DataError, match=r"nomodel.keras: model file not found"):
         load_model(tmp_path / "nomodel.keras")
@@ -245,7 +245,7 @@ def test_sigkilled_run_is_marked_killed_by_another_process_and_a_live_one_never_
 
 def test_sigterm_kills_run_keeps_epochs_and_rerun_resumes(make_cfg, tmp_path):
     """SIGTERM mid-training: run KILLED with the epochs so far, no model; the rerun resumes from the backup."""
-    cfg = make_cfg("train.subset=1200", "train.epochs=3", "train.backup_every=10")
+    cfg = make_cfg("train.subset=640", "train.epochs=3", "train.backup_every=5")
     write_params(tmp_path, cfg)
     backup_root = Path(cfg.paths.backup_dir)
     proc = subprocess.Popen(

@@ -167,25 +167,25 @@ def test_single_run_logs_one_finished_run_and_no_secret_anywhere(app, repo_copy,
 
 
 def test_multirun_over_optimizers_makes_parent_children_and_sorted_table(app, repo_copy):
-    status, out = app("-m", "optimizer=sgd,rmsprop,adam", *SMALL)
+    status, out = app("-m", "optimizer=sgd,adam", *SMALL)
     assert status == 0, out
 
     client, runs = store(repo_copy)
     parent, children = split_parent(runs)
-    assert len(runs) == 4 and len(children) == 3
+    assert len(runs) == 3 and len(children) == 2
     assert parent.info.status == "FINISHED"
     assert parent.info.run_name.startswith("sweep-") and parent.info.run_name.endswith("-optimizer")
-    assert "optimizer=sgd,rmsprop,adam" in parent.data.tags["sweep_overrides"]
+    assert "optimizer=sgd,adam" in parent.data.tags["sweep_overrides"]
     sweep_dir = Path(parent.data.tags["sweep_dir"])
     assert json.loads((sweep_dir / PARENT_RUN_FILE).read_text())["run_id"] == parent.info.run_id
-    assert {c.data.tags["optimizer"] for c in children} == {"sgd", "rmsprop", "adam"}
+    assert {c.data.tags["optimizer"] for c in children} == {"sgd", "adam"}
     for child in children:
         assert child.info.status == "FINISHED"
         assert "test_accuracy" in child.data.metrics and "train_time_s" in child.data.metrics
         assert child.data.tags["overrides"].startswith("optimizer=")
         assert Path(child.data.tags["hydra_output_dir"]).parent == sweep_dir
         assert len(logged_models(client, child)) == 1
-    assert parent.data.metrics["child_runs"] == 3
+    assert parent.data.metrics["child_runs"] == 2
     assert parent.data.metrics["best_test_accuracy"] == max(c.data.metrics["test_accuracy"] for c in children)
 
     table = printed_table(out)

@@ -37,7 +37,7 @@ def synthetic_dataset(folder: Path, name: str = "tiny", seed: int = 0) -> Datase
     return DatasetConfig(name=name, mirrors=[str(folder)], files=files, num_classes=10, timeout=5, retries=1)
 
 
-def test_preprocess_scales_to_float32_and_is_byte_for_byte_deterministic(tmp_path):
+def test_preprocess_keeps_uint8_pixels_loaded_as_float32_and_is_byte_for_byte_deterministic(tmp_path):
     from pipeline.download import download
 
     dataset = synthetic_dataset(tmp_path / "mirror")
@@ -45,8 +45,11 @@ def test_preprocess_scales_to_float32_and_is_byte_for_byte_deterministic(tmp_pat
     first = preprocess(dataset, tmp_path / "raw", tmp_path / "a")
     preprocess(dataset, tmp_path / "raw", tmp_path / "b")
     assert first.counts == SPLITS
+    with np.load(tmp_path / "a" / "train.npz") as stored:
+        pixels = stored["x"]
+    assert pixels.dtype == np.uint8 and pixels.shape == (12, 28, 28, 1)
     x, y = load_split(tmp_path / "a", "train")
-    assert x.shape == (12, 28, 28, 1) and x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+    assert x.dtype == np.float32 and np.allclose(x, pixels / 255.0, rtol=1e-6, atol=0) and x.max() <= 1.0
     assert y.tolist() == [i % 10 for i in range(12)]
     # Same data, same bytes: DVC sees no change when preprocess reruns.
     for split in SPLITS:
