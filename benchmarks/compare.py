@@ -79,7 +79,11 @@ def prepare_repo(overrides: list[str]) -> Path:
         if (ROOT / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, dest / name)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"],
+    ):
         subprocess.run(cmd, cwd=dest, check=True)
     subprocess.run([sys.executable, "-m", "pipeline.config", *overrides], cwd=dest, env=env(), check=True)
     return dest
@@ -132,6 +136,11 @@ def time_stages(repo: Path, mirror: str) -> dict[str, float]:
     return result
 
 
+def cpu_model() -> str:
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "?")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=3)
@@ -151,7 +160,12 @@ def main() -> None:
             result = {}
             for side in ("A", "B"):
                 result[side] = run_seed(mirror) if side == "A" else run_pipeline(repo, mirror, flops)
-            row = {"pair": i + 1, "A": result["A"], "B": result["B"], "ratio": result["B"]["wall_s"] / result["A"]["wall_s"]}
+            row = {
+                "pair": i + 1,
+                "A": result["A"],
+                "B": result["B"],
+                "ratio": result["B"]["wall_s"] / result["A"]["wall_s"],
+            }
             rows.append(row)
             print(
                 f"pair {i + 1}: seed {result['A']['wall_s']:6.1f} s acc {result['A']['test_accuracy']:.4f}"
@@ -177,12 +191,16 @@ def main() -> None:
         "train_gflops_median": statistics.median(r["B"]["train_gflops"] for r in rows),
         "matmul_peak_gflops": {"before": peak_before, "after": peak_after},
         **stage_times,
-        "cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name")), "?"),  # fmt: skip
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
     }
     print(json.dumps(summary, indent=2))
-    out = ROOT / "benchmarks" / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}-{'_'.join(args.overrides) or 'default'}.json"
+    out = (
+        ROOT
+        / "benchmarks"
+        / "results"
+        / f"{time.strftime('%Y%m%d-%H%M%S')}-{'_'.join(args.overrides) or 'default'}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"summary": summary, "pairs": rows}, indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")

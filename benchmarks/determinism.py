@@ -29,6 +29,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -37,7 +41,7 @@ BATCH_SIZE = 32
 RESULT_TAG = "DETERMINISM_RESULT "  # TF and Keras also write to stdout; the parent looks for this line
 
 
-def read_idx(path: Path, header: int, shape: tuple[int, ...]) -> "np.ndarray":
+def read_idx(path: Path, header: int, shape: tuple[int, ...]) -> np.ndarray:
     import numpy as np
 
     with gzip.open(path, "rb") as fh:
@@ -75,9 +79,7 @@ def child(deterministic: bool, samples: int, mirror: Path) -> None:
     x_train, y_train, x_test, y_test = load_mnist(mirror, samples)
     cfg = validate(compose())
     model = build_model(cfg.model, 10)
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
-    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     start = time.perf_counter()
     history = model.fit(x_train, y_train, epochs=1, batch_size=BATCH_SIZE, shuffle=True, verbose=0)
     fit_s = time.perf_counter() - start
@@ -105,12 +107,20 @@ def child(deterministic: bool, samples: int, mirror: Path) -> None:
 
 
 def run_child(deterministic: bool, samples: int, mirror: Path) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "on" if deterministic else "off",
-           "--samples", str(samples), "--mirror", str(mirror)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        "on" if deterministic else "off",
+        "--samples",
+        str(samples),
+        "--mirror",
+        str(mirror),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG):])
+            return json.loads(line[len(RESULT_TAG) :])
     # A failure under determinism is itself the finding (e.g. an op with no deterministic kernel on
     # CPU), so surface the child's own error text rather than a bare exit status.
     tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-40:])
@@ -118,7 +128,7 @@ def run_child(deterministic: bool, samples: int, mirror: Path) -> dict:
 
 
 def summarize(a_runs: list[dict], b_runs: list[dict]) -> dict:
-    ratios = [b["fit_s"] / a["fit_s"] for a, b in zip(a_runs, b_runs)]
+    ratios = [b["fit_s"] / a["fit_s"] for a, b in zip(a_runs, b_runs, strict=False)]
     a_hashes = {r["weights_sha256"] for r in a_runs}
     b_hashes = {r["weights_sha256"] for r in b_runs}
     a_accs = {r["test_accuracy"] for r in a_runs}
@@ -163,18 +173,27 @@ def main() -> None:
         b = run_child(True, args.samples, mirror)
         a_runs.append(a)
         b_runs.append(b)
-        print(f"{i + 1:4d} | {a['fit_s']:7.1f} ({a['ms_per_step']:5.1f}) | {b['fit_s']:7.1f} ({b['ms_per_step']:5.1f})"
-              f" | {b['fit_s'] / a['fit_s']:.3f} | {a['test_accuracy']:.4f} | {b['test_accuracy']:.4f}"
-              f" | {a['weights_sha256'][:12]} {b['weights_sha256'][:12]}", flush=True)
+        print(
+            f"{i + 1:4d} | {a['fit_s']:7.1f} ({a['ms_per_step']:5.1f}) | {b['fit_s']:7.1f} ({b['ms_per_step']:5.1f})"
+            f" | {b['fit_s'] / a['fit_s']:.3f} | {a['test_accuracy']:.4f} | {b['test_accuracy']:.4f}"
+            f" | {a['weights_sha256'][:12]} {b['weights_sha256'][:12]}",
+            flush=True,
+        )
 
     s = summarize(a_runs, b_runs)
-    print(f"median fit s: off {s['median_fit_s_off']:.1f} ({s['median_ms_per_step_off']:.1f} ms/step), "
-          f"on {s['median_fit_s_on']:.1f} ({s['median_ms_per_step_on']:.1f} ms/step)")
+    print(
+        f"median fit s: off {s['median_fit_s_off']:.1f} ({s['median_ms_per_step_off']:.1f} ms/step), "
+        f"on {s['median_fit_s_on']:.1f} ({s['median_ms_per_step_on']:.1f} ms/step)"
+    )
     print(f"median of per-pair ratios on/off: {s['median_ratio_on_over_off']:.3f}")
-    print(f"off runs bit-identical: {s['off_all_bit_identical']} ({len(s['off_distinct_hashes'])} distinct hashes); "
-          f"on runs bit-identical: {s['on_all_bit_identical']} ({len(s['on_distinct_hashes'])} distinct hashes)")
-    print(f"off vs on: same weights {s['off_on_hashes_agree']}, same accuracy {s['off_on_accuracies_agree']} "
-          f"(off {s['off_accuracies']}, on {s['on_accuracies']})")
+    print(
+        f"off runs bit-identical: {s['off_all_bit_identical']} ({len(s['off_distinct_hashes'])} distinct hashes); "
+        f"on runs bit-identical: {s['on_all_bit_identical']} ({len(s['on_distinct_hashes'])} distinct hashes)"
+    )
+    print(
+        f"off vs on: same weights {s['off_on_hashes_agree']}, same accuracy {s['off_on_accuracies_agree']} "
+        f"(off {s['off_accuracies']}, on {s['on_accuracies']})"
+    )
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"determinism-{started:%Y%m%d-%H%M%S}.json"
@@ -190,7 +209,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "tensorflow": a_runs[0]["tensorflow"],
         "keras": a_runs[0]["keras"],
-        "runs": [dict(r, pair=i + 1) for i, pair in enumerate(zip(a_runs, b_runs)) for r in pair],
+        "runs": [dict(r, pair=i + 1) for i, pair in enumerate(zip(a_runs, b_runs, strict=False)) for r in pair],
         "summary": s,
     }
     out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import ROOT, env, prepare_repo  # noqa: E402
+from compare import ROOT, env, prepare_repo
 
 
 def timed(cmd: list[str], repo: Path, mirror: str) -> float:

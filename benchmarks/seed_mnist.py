@@ -30,40 +30,40 @@ test_x, test_y = load_idx(f"{mirror}/t10k-images-idx3-ubyte.gz"), load_idx(f"{mi
 
 # Build Model
 inputs = layers.Input((28, 28, 1))
-net = layers.Conv2D(32, (3, 3), padding='SAME')(inputs)
-net = layers.Activation('relu')(net)
-net = layers.Conv2D(32, (3, 3), padding='SAME')(net)
-net = layers.Activation('relu')(net)
+net = layers.Conv2D(32, (3, 3), padding="SAME")(inputs)
+net = layers.Activation("relu")(net)
+net = layers.Conv2D(32, (3, 3), padding="SAME")(net)
+net = layers.Activation("relu")(net)
 net = layers.MaxPooling2D(pool_size=(2, 2))(net)
 net = layers.Dropout(0.25)(net)
 
-net = layers.Conv2D(64, (3, 3), padding='SAME')(net)
-net = layers.Activation('relu')(net)
-net = layers.Conv2D(64, (3, 3), padding='SAME')(net)
-net = layers.Activation('relu')(net)
+net = layers.Conv2D(64, (3, 3), padding="SAME")(net)
+net = layers.Activation("relu")(net)
+net = layers.Conv2D(64, (3, 3), padding="SAME")(net)
+net = layers.Activation("relu")(net)
 net = layers.MaxPooling2D(pool_size=(2, 2))(net)
 net = layers.Dropout(0.25)(net)
 
 net = layers.Flatten()(net)
 net = layers.Dense(512)(net)
-net = layers.Activation('relu')(net)
+net = layers.Activation("relu")(net)
 net = layers.Dropout(0.5)(net)
 net = layers.Dense(10)(net)  # num_classes
-net = layers.Activation('softmax')(net)
+net = layers.Activation("softmax")(net)
 
-model = tf.keras.Model(inputs=inputs, outputs=net, name='Basic_CNN')
+model = tf.keras.Model(inputs=inputs, outputs=net, name="Basic_CNN")
 
 # Optimization
 loss_fun = tf.keras.losses.sparse_categorical_crossentropy
-metrics = ['accuracy']  # corrected: the tutorial's CategoricalAccuracy() is wrong for integer labels
+metrics = ["accuracy"]  # corrected: the tutorial's CategoricalAccuracy() is wrong for integer labels
 optm = tf.keras.optimizers.Adam()
 model.compile(optimizer=optm, loss=loss_fun, metrics=metrics)
 
 # Prepare Dataset
 train_x = train_x[..., tf.newaxis]
 test_x = test_x[..., tf.newaxis]
-train_x = train_x / 255.
-test_x = test_x / 255.
+train_x = train_x / 255.0
+test_x = test_x / 255.0
 
 # Training
 num_epochs = 1

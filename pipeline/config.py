@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, TypedDict
 
 import yaml
 from hydra.core.config_store import ConfigStore
@@ -41,8 +41,14 @@ PARAMS_FILE = "params.yaml"
 # dataclass, so a new key or a new optimizer is declared in one place.
 
 
-def checked(default: Any = dataclasses.MISSING, *, ok: Callable[[Any], bool], allowed: str, each: bool = False,
-            factory: Callable[[], Any] | None = None) -> Any:
+def checked(
+    default: Any = dataclasses.MISSING,
+    *,
+    ok: Callable[[Any], bool],
+    allowed: str,
+    each: bool = False,
+    factory: Callable[[], Any] | None = None,
+) -> Any:
     """A dataclass field whose value must satisfy ``ok`` (each item of a list, with ``each``)."""
     meta = {"ok": ok, "allowed": allowed, "each": each}
     if factory is not None:
@@ -50,13 +56,18 @@ def checked(default: Any = dataclasses.MISSING, *, ok: Callable[[Any], bool], al
     return field(default=default, metadata=meta)
 
 
-def _one_of(*choices: str) -> dict[str, Any]:
-    return {"ok": lambda v: v in choices, "allowed": " | ".join(choices)}
+class Rule(TypedDict):
+    ok: Callable[[Any], bool]
+    allowed: str
 
 
-AT_LEAST_1 = {"ok": lambda v: v >= 1, "allowed": "an integer >= 1"}
-POSITIVE = {"ok": lambda v: v > 0, "allowed": "a number > 0"}
-FRACTION = {"ok": lambda v: 0.0 <= v < 1.0, "allowed": "a number in [0, 1)"}
+def _one_of(*choices: str) -> Rule:
+    return Rule(ok=lambda v: v in choices, allowed=" | ".join(choices))
+
+
+AT_LEAST_1 = Rule(ok=lambda v: v >= 1, allowed="an integer >= 1")
+POSITIVE = Rule(ok=lambda v: v > 0, allowed="a number > 0")
+FRACTION = Rule(ok=lambda v: 0.0 <= v < 1.0, allowed="a number in [0, 1)")
 SPLITS_FILES = ("train_images", "train_labels", "test_images", "test_labels")
 
 
@@ -176,7 +187,7 @@ class TrainConfig:
     epochs: int = checked(1, **AT_LEAST_1)
     batch_size: int = checked(32, **AT_LEAST_1)
     shuffle: bool = True
-    subset: Optional[int] = checked(
+    subset: int | None = checked(
         None, ok=lambda v: v is None or v >= 1, allowed="null (all samples) or an integer >= 1"
     )
     validation_split: float = checked(0.0, **FRACTION)
@@ -206,7 +217,7 @@ class PathsConfig:
 class TrackingConfig:
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "mnist-cnn"
-    run_name: Optional[str] = None
+    run_name: str | None = None
     log_model: bool = True
 
 
@@ -294,7 +305,7 @@ def suggest(word: str, choices: list[str]) -> str:
 def _describe(exc: OmegaConfBaseException, schema: DictConfig) -> str:
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
     msg = str(exc).splitlines()[0]
-    if "not in struct" in msg or msg.startswith("Key '") and "not in" in msg:
+    if "not in struct" in msg or (msg.startswith("Key '") and "not in" in msg):
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         known = list(flatten(OmegaConf.to_container(schema)))
         return f"unknown key '{key}'" + (f" (not a field of '{parent}')" if parent else "") + suggest(key, known)

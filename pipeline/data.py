@@ -54,9 +54,7 @@ def read_split(images_path: Path, labels_path: Path, num_classes: int) -> tuple[
     images = read_idx(images_path, ndim=3)
     labels = read_idx(labels_path, ndim=1)
     if len(images) != len(labels):
-        raise DataError(
-            f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels"
-        )
+        raise DataError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
     bad = np.flatnonzero(labels >= num_classes)
     if bad.size:
         raise DataError(

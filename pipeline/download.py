@@ -26,6 +26,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,7 @@ def is_verified(path: Path, spec: FileSpec) -> bool:
     return path.is_file() and path.stat().st_size == spec.size and sha256_file(path) == spec.sha256
 
 
-def mirror_list(dataset: DatasetConfig, env: dict[str, str] | None = None) -> list[str]:
+def mirror_list(dataset: DatasetConfig, env: Mapping[str, str] | None = None) -> list[str]:
     """$DATA_MIRROR first (a relative directory is taken from $DVC_ROOT when DVC runs us), then the config."""
     env = os.environ if env is None else env
     mirrors = list(dataset.mirrors)
@@ -96,7 +97,7 @@ def _open(base: str, name: str, timeout: float):
         url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
     try:
         request = urllib.request.Request(url, headers=headers)
-        return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (schemes: the user's mirrors)
+        return urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         raise MirrorFailure(f"HTTP {exc.code} {exc.reason}", transient=exc.code >= 500 or exc.code == 429) from None
     except urllib.error.URLError as exc:

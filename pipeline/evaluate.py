@@ -72,7 +72,7 @@ def score(model: keras.Model, x: np.ndarray, y: np.ndarray, num_classes: int) ->
         raise AssertionError(f"accuracy cross-check failed: argmax count {accuracy} != Keras {keras_accuracy}")
     loss = float(np.mean(keras.losses.sparse_categorical_crossentropy(y, probs)))
     per_class = (cm.diagonal() / np.maximum(cm.sum(axis=1), 1)).tolist()
-    metrics = {"test_loss": loss, "test_accuracy": accuracy, "test_samples": int(len(y))}
+    metrics = {"test_loss": loss, "test_accuracy": accuracy, "test_samples": len(y)}
     return EvalResult(metrics, per_class, cm)
 
 
@@ -118,7 +118,9 @@ def confusion_figure(cm: np.ndarray, title: str):
     ticks = range(len(cm))
     ax.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="actual", title=title)
     for (i, j), count in np.ndenumerate(cm):
-        ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color="white" if count > cm.max() / 2 else "black")
+        ax.text(
+            j, i, str(count), ha="center", va="center", fontsize=7, color="white" if count > cm.max() / 2 else "black"
+        )
     return fig
 
 

@@ -89,7 +89,7 @@ def _known_keys(chosen: dict[str, list[str]], conf_dir: Path | str) -> set[str]:
     keys: set[str] = set()
     names = list(chosen)
     for combo in itertools.product(*(chosen[n] for n in names)):
-        cfg = compose([f"{n}={v}" for n, v in zip(names, combo)], conf_dir)
+        cfg = compose([f"{n}={v}" for n, v in zip(names, combo, strict=True)], conf_dir)
         tree = OmegaConf.to_container(cfg, resolve=False)
         for dotted in flatten(tree):
             parts = dotted.split(".")

@@ -15,8 +15,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.config import DatasetConfig, load_params
 from pipeline.data import SPLITS, read_split, save_npz
 from pipeline.download import raw_name

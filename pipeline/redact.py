@@ -30,7 +30,7 @@ import re
 import secrets as _random
 import sys
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 MASK = "***"
@@ -120,7 +120,7 @@ def redact_tree(data: Any) -> Any:
     return redact(data)
 
 
-def externalize(text: str, env: dict[str, str] | None = None) -> str:
+def externalize(text: str, env: MutableMapping[str, str] | None = None) -> str:
     """Replace each credential in ``text`` by ``${oc.env:PIPELINE_SECRET_<random>}`` and put its value in
     ``env`` (default: this process's environment, which child processes inherit).
 

@@ -142,7 +142,7 @@ def run_job(raw: DictConfig) -> float:
     tags = {
         "overrides": override_str,
         "hydra_output_dir": str(output_dir),
-        "hydra_mode": str(hc.mode.name),
+        "hydra_mode": "MULTIRUN" if multirun else "RUN",
         "data_dir": str(prepared.processed_dir.resolve()),
         "data_digest": prepared.digest,
     }
@@ -163,7 +163,9 @@ def run_job(raw: DictConfig) -> float:
         value = objective(trained.history, result.metrics, cfg)
         tracking.log_metrics({"objective": value})
     tracking.record_of(run, model_id, run.info.run_id).write(job_cfg.paths.eval_info)
-    log.info("run %s: test_accuracy %.4f (%s)", run.info.run_id, result.metrics["test_accuracy"], override_str or "defaults")
+    log.info(
+        "run %s: test_accuracy %.4f (%s)", run.info.run_id, result.metrics["test_accuracy"], override_str or "defaults"
+    )
     return value
 
 

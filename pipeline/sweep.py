@@ -46,10 +46,14 @@ def swept_keys(config: DictConfig) -> list[str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     overrides = [str(o) for o in config.hydra.overrides.task]
-    keys = [o.get_key_element().lstrip("+~") for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
+    keys = [
+        o.get_key_element().lstrip("+~")
+        for o in OverridesParser.create().parse_overrides(overrides)
+        if o.is_sweep_override()
+    ]
     params = OmegaConf.select(config, "hydra.sweeper.params")
     if isinstance(params, DictConfig):
-        keys += [str(k) for k in params.keys() if str(k) not in keys]
+        keys += [str(k) for k in params if str(k) not in keys]
     return keys
 
 
@@ -88,13 +92,15 @@ def validate_jobs(config: DictConfig) -> None:
     for batch in BasicSweeper.split_arguments(overrides, None):
         for job in batch:
             job_cfg = loader.load_sweep_config(config, list(job))
-            task = OmegaConf.masked_copy(job_cfg, [str(k) for k in job_cfg.keys() if k != "hydra"])
+            task = OmegaConf.masked_copy(job_cfg, [str(k) for k in job_cfg if k != "hydra"])
             try:
                 validate(task, source=f"job ({' '.join(job)})")
             except ConfigError as exc:
                 errors.append(str(exc))
     if errors:
-        raise ConfigError(f"{len(errors)} job(s) of the sweep have bad config; nothing was run:\n  " + "\n  ".join(errors))
+        raise ConfigError(
+            f"{len(errors)} job(s) of the sweep have bad config; nothing was run:\n  " + "\n  ".join(errors)
+        )
 
 
 def results_rows(children: list[Any]) -> list[dict[str, Any]]:
@@ -125,7 +131,7 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
     cols = list(COLUMNS)
     if any(r["val_accuracy"] is not None for r in rows):
         cols.append("val_accuracy")
-    return cols + ["status", "run_id"]
+    return [*cols, "status", "run_id"]
 
 
 def _fmt(key: str, v: Any) -> str:
@@ -178,7 +184,7 @@ class SweepCallback(Callback):
         # Hydra saves this very config as multirun.yaml next: credentials from conf/ leave it first.
         externalize_secrets(config)
         with user_errors():
-            task_cfg = OmegaConf.masked_copy(config, [str(k) for k in config.keys() if k != "hydra"])
+            task_cfg = OmegaConf.masked_copy(config, [str(k) for k in config if k != "hydra"])
             cfg = validate(task_cfg, source="config")
             validate_jobs(config)  # every job of a grid, before any of them starts
             ensure_data(cfg.dataset, cfg.paths.data_cache)  # once, before parallel jobs would wait for it
@@ -218,7 +224,7 @@ class SweepCallback(Callback):
 
     def finish(self, failed: bool, status: str | None = None) -> str | None:
         """Collect the children, print and log the table, end the parent; return its final status."""
-        if self.parent_run_id is None or self._done:
+        if self.parent_run_id is None or self.tracking_uri is None or self._done:
             return None
         self._done = True
         from mlflow import MlflowClient
@@ -235,7 +241,10 @@ class SweepCallback(Callback):
             )
             rows = results_rows(children)
             table = format_table(rows) if rows else "(no child runs)"
-            print(f"\nSweep results ({len(rows)} runs, parent {self.parent_run_id}), best test_accuracy first:\n{table}", flush=True)
+            print(
+                f"\nSweep results ({len(rows)} runs, parent {self.parent_run_id}), best test_accuracy first:\n{table}",
+                flush=True,
+            )
             if any(r["status"] != "FINISHED" for r in rows):
                 failed = True
             if failed and status is None and any(r["status"] == "KILLED" for r in rows):

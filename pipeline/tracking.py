@@ -153,7 +153,9 @@ def create_run(client: mlflow.MlflowClient, experiment_id: str, run_name: str | 
         found = client.search_runs([experiment_id], filter_string=f"tags.`{ATTEMPT_TAG}` = '{attempt}'")
         return found[0] if found else None
 
-    run = retry(client.create_run, experiment_id, run_name=run_name, tags={**tags, ATTEMPT_TAG: attempt}, recover=recover)
+    run = retry(
+        client.create_run, experiment_id, run_name=run_name, tags={**tags, ATTEMPT_TAG: attempt}, recover=recover
+    )
     return run.info.run_id
 
 
@@ -186,7 +188,9 @@ def _owner_alive(record: dict[str, Any]) -> bool:
 def record_add(uri: str, run_id: str) -> None:
     """This process owns ``run_id`` (the record is renamed into place: a reader never sees half of it)."""
     pid = os.getpid()
-    write_json(running_dir(uri) / f"{run_id}.json", {"pid": pid, "started": _process_start(pid), "host": socket.gethostname()})
+    write_json(
+        running_dir(uri) / f"{run_id}.json", {"pid": pid, "started": _process_start(pid), "host": socket.gethostname()}
+    )
 
 
 def record_remove(uri: str, run_id: str) -> None:
@@ -286,7 +290,7 @@ def start_run(
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id
             run_id = create_run(client, experiment_id, redact(run_name or cfg.tracking.run_name), all_tags)
-        status = "FAILED"
+        status: str | None = "FAILED"
         try:
             record_add(uri, run_id)
             try:
@@ -354,7 +358,9 @@ class RunRecord:
             data = json.loads(path.read_text())
             return cls(**{k: data.get(k) for k in ("run_id", "experiment_id", "model_id", "train_run_id")})
         except FileNotFoundError:
-            raise DataError(f"{path}: not found; it names the MLflow run of the train stage (dvc repro train)") from None
+            raise DataError(
+                f"{path}: not found; it names the MLflow run of the train stage (dvc repro train)"
+            ) from None
         except (ValueError, TypeError, AttributeError) as exc:
             raise DataError(f"{path}: not a valid run record ({exc})") from None
 

@@ -27,8 +27,8 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -258,7 +258,9 @@ def log_training(cfg: Config, result: TrainResult) -> str | None:
 
     if not tracking.active():
         return None
-    tracking.log_metrics({"train_time_s": result.train_seconds, "parameters": result.parameters, "train_samples": result.samples})
+    tracking.log_metrics(
+        {"train_time_s": result.train_seconds, "parameters": result.parameters, "train_samples": result.samples}
+    )
     tracking.set_tags({"precision": result.precision})
     tracking.log_artifact(result.history_path, "reports")
     if cfg.tracking.log_model:

@@ -119,7 +119,11 @@ def repo_copy(tmp_path) -> Path:
 
 def copy_repo(dest: Path) -> Path:
     files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     for name in files:
         if (ROOT / name).is_file():

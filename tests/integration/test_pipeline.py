@@ -22,17 +22,6 @@ def client_for(cfg) -> mlflow.MlflowClient:
     return mlflow.MlflowClient(tracking.tracking_uri(cfg.tracking))
 
 
-def test_stage_functions_need_no_mlflow_run(make_cfg, tmp_path):
-    """train() and evaluate() return what they computed and write their files; nothing is logged."""
-    cfg = make_cfg("train.subset=256")
-    result = train(cfg)
-    ev = evaluate(cfg)
-    assert result.parameters == SEED_PARAMETERS and result.samples == 256 and Path(cfg.paths.model).is_file()
-    assert result.example.shape == (1, 28, 28, 1)
-    assert ev.metrics["test_samples"] == 10000 and [p.name for p in ev.report_paths] == ["metrics.json", "per_class.csv", "confusion.csv"]
-    assert not (tmp_path / "mlflow.db").exists() and mlflow.active_run() is None
-
-
 def test_train_evaluate_one_mlflow_run(make_cfg):
     cfg = make_cfg("optimizer=sgd", "train.epochs=2")
     with tracking.start_run(cfg) as run:
@@ -80,7 +69,11 @@ def test_train_evaluate_one_mlflow_run(make_cfg):
     mlflow.set_tracking_uri(tracking.tracking_uri(cfg.tracking))
     pyfunc = mlflow.pyfunc.load_model(f"models:/{model_id}")
     x, y = load_split(cfg.paths.processed_dir, "test")
-    assert float((np.asarray(pyfunc.predict(x)).argmax(1) == y).mean()) == metrics["test_accuracy"] == ev.metrics["test_accuracy"]
+    assert (
+        float((np.asarray(pyfunc.predict(x)).argmax(1) == y).mean())
+        == metrics["test_accuracy"]
+        == ev.metrics["test_accuracy"]
+    )
 
 
 def test_retried_calls_never_create_a_second_run_or_model(make_cfg, monkeypatch):
@@ -115,8 +108,9 @@ def test_retried_calls_never_create_a_second_run_or_model(make_cfg, monkeypatch)
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
 
 
-def test_same_config_and_seed_same_model(make_cfg):
-    """Bit-identical weights (so identical test metrics) and training history from the same config and seed."""
+def test_stage_functions_need_no_mlflow_run_and_same_seed_same_model(make_cfg, tmp_path):
+    """train() and evaluate() return what they computed and write their files, with nothing logged; the same
+    config and seed give bit-identical weights (so identical test metrics) and training history."""
 
     def weights(result) -> list[bytes]:
         return [w.tobytes() for w in result.model.get_weights()]
@@ -125,3 +119,11 @@ def test_same_config_and_seed_same_model(make_cfg):
     first, second = train(cfg), train(cfg)
     assert first.history == second.history and weights(first) == weights(second)
     assert weights(first) != weights(train(make_cfg("train.subset=320", "seed=7")))
+    assert first.parameters == SEED_PARAMETERS and first.samples == 320 and first.example.shape == (1, 28, 28, 1)
+    ev = evaluate(cfg)
+    assert ev.metrics["test_samples"] == 10000 and [p.name for p in ev.report_paths] == [
+        "metrics.json",
+        "per_class.csv",
+        "confusion.csv",
+    ]
+    assert not (tmp_path / "mlflow.db").exists() and mlflow.active_run() is None

@@ -109,7 +109,10 @@ def assert_nowhere(secrets: dict[str, str], files: list[Path], printed: str) -> 
 def test_bad_command_lines_exit_2_before_any_work(app, repo_copy):
     status, out = app("optimizer.lr=0.01")
     assert status == 2, out
-    assert "error: overrides: unknown key 'optimizer.lr' (not a field of 'optimizer'); did you mean 'optimizer.learning_rate'?" in out
+    assert (
+        "error: overrides: unknown key 'optimizer.lr' (not a field of 'optimizer'); did you mean 'optimizer.learning_rate'?"
+        in out
+    )
     assert "+optimizer.lr" not in out and "Traceback" not in out  # not Hydra's advice to append the key
 
     status, out = app("optimizer=adamw")
@@ -141,7 +144,9 @@ def test_single_run_logs_one_finished_run_and_no_secret_anywhere(app, repo_copy,
     run = runs[0]
     tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
     assert run.info.status == "FINISHED" and "mlflow.parentRunId" not in tags
-    assert tags["overrides"] == "optimizer=sgd train.subset=300 train.verbose=0 dataset.mirrors=[http://***@127.0.0.1:9/]"
+    assert (
+        tags["overrides"] == "optimizer=sgd train.subset=300 train.verbose=0 dataset.mirrors=[http://***@127.0.0.1:9/]"
+    )
     assert params["optimizer.name"] == "sgd" and params["train.subset"] == "300"
     assert params["paths.model"] == "models/model.keras"  # params: the config as dvc exp run -S reproduces it
     assert params["dataset.mirrors"] == "['http://***@127.0.0.1:9/']"

@@ -3,15 +3,12 @@ mean"), the Hydra command line is checked before Hydra runs, and an optimizer is
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 from omegaconf import OmegaConf
 
 from pipeline.config import ConfigError, compose, load_params, validate
 from pipeline.overrides import check, prepare_argv
-
 from tests.conftest import ROOT
 
 
@@ -112,15 +109,15 @@ def test_unknown_optimizer_in_params_lists_choices(tmp_path):
 
 
 def test_params_file_errors_name_the_file(tmp_path):
-    with pytest.raises(ConfigError, match="nope.yaml: cannot read"):
+    with pytest.raises(ConfigError, match=r"nope.yaml: cannot read"):
         load_params(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [unclosed\n")
-    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML"):
         load_params(bad)
     unsafe = tmp_path / "unsafe.yaml"
     unsafe.write_text("seed: !!python/object/apply:os.system ['echo owned']\n")
-    with pytest.raises(ConfigError, match="unsafe.yaml: not valid YAML"):  # safe loader: no object tags
+    with pytest.raises(ConfigError, match=r"unsafe.yaml: not valid YAML"):  # safe loader: no object tags
         load_params(unsafe)
 
 
@@ -130,8 +127,14 @@ def test_params_file_errors_name_the_file(tmp_path):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["optimizer.lr=0.01"], "overrides: unknown key 'optimizer.lr' (not a field of 'optimizer'); did you mean 'optimizer.learning_rate'?"),
-        (["optimizer=adamw"], "overrides: optimizer=adamw: no such choice in group 'optimizer'; allowed: adam, rmsprop, sgd; did you mean 'adam'?"),
+        (
+            ["optimizer.lr=0.01"],
+            "overrides: unknown key 'optimizer.lr' (not a field of 'optimizer'); did you mean 'optimizer.learning_rate'?",
+        ),
+        (
+            ["optimizer=adamw"],
+            "overrides: optimizer=adamw: no such choice in group 'optimizer'; allowed: adam, rmsprop, sgd; did you mean 'adam'?",
+        ),
         (["-m", "optimizer=sgd,adamw"], "optimizer=adamw: no such choice in group 'optimizer'"),
         (["datset=mnist"], "overrides: unknown key 'datset'; did you mean 'dataset'?"),
         (["optimizer.momentum=0.9"], "unknown key 'optimizer.momentum'"),  # adam has no momentum
@@ -190,5 +193,5 @@ def test_an_optimizer_is_one_dataclass_and_one_yaml(tmp_path, monkeypatch):
     (conf / "optimizer" / "nadam.yaml").write_text("name: nadam\nlearning_rate: 0.002\nbeta_1: 0.9\n")
     cfg = validate(compose(["optimizer=nadam"], conf_dir=conf))
     assert type(build_optimizer(cfg.optimizer)).__name__ == "Nadam"
-    with pytest.raises(ConfigError, match="'optimizer.beta_1': 1.5; allowed: a number in"):
+    with pytest.raises(ConfigError, match=r"'optimizer.beta_1': 1.5; allowed: a number in"):
         validate(compose(["optimizer=nadam", "optimizer.beta_1=1.5"], conf_dir=conf))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import FileSpec, compose, validate
-from pipeline.data import load_split, read_idx, read_split, save_npz
+from pipeline.data import read_idx, read_split
 from pipeline.download import fetch, mirror_list
 from pipeline.errors import DataError
 
@@ -52,14 +52,14 @@ def test_read_idx_errors_name_file_and_fault(tmp_path, data, ndim, message):
 
 
 def test_read_idx_missing_file(tmp_path):
-    with pytest.raises(DataError, match="nothere: IDX file not found"):
+    with pytest.raises(DataError, match=r"nothere: IDX file not found"):
         read_idx(tmp_path / "nothere", 1)
 
 
 def test_read_split_checks_counts_and_label_range(tmp_path):
     images = write(tmp_path / "img", idx_bytes(np.zeros((3, 2, 2), np.uint8)))
     labels2 = write(tmp_path / "lab2", idx_bytes(np.array([1, 2], np.uint8)))
-    with pytest.raises(DataError, match="has 3 images but .*lab2 has 2 labels"):
+    with pytest.raises(DataError, match=r"has 3 images but .*lab2 has 2 labels"):
         read_split(images, labels2, 10)
     bad = write(tmp_path / "bad", idx_bytes(np.array([1, 12, 3], np.uint8)))
     with pytest.raises(DataError, match=r"bad: label 12 at index 1 is outside 0-9"):
@@ -115,7 +115,7 @@ def test_gzip_bomb_is_refused(tmp_path):
     spec.size = 1000  # the config expects 1 kB; the mirror's file inflates to 5 MB
     dest = tmp_path / "out" / "f"
     dest.parent.mkdir()
-    with pytest.raises(DataError, match="more than the expected 1000 bytes .*gzip bomb"):
+    with pytest.raises(DataError, match=r"more than the expected 1000 bytes .*gzip bomb"):
         fetch(spec, dest, [str(tmp_path / "bomb")], timeout=5, retries=1)
     assert list(dest.parent.iterdir()) == []
 

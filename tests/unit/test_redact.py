@@ -22,7 +22,10 @@ def _fresh_registry(monkeypatch):
     [
         ("postgresql://u:pw@h/db", "postgresql://***@h/db"),
         ("tracking.uri=postgresql://u:pw@h/db", "tracking.uri=postgresql://***@h/db"),  # an override, not a URL
-        ("dataset.mirrors=[http://a:b@h1/,sqlite:///x.db,https://tok@h2/p]", "dataset.mirrors=[http://***@h1/,sqlite:///x.db,https://***@h2/p]"),
+        (
+            "dataset.mirrors=[http://a:b@h1/,sqlite:///x.db,https://tok@h2/p]",
+            "dataset.mirrors=[http://***@h1/,sqlite:///x.db,https://***@h2/p]",
+        ),
         (r"uri=postgresql\://u\:pw@h/db", r"uri=postgresql\://***@h/db"),  # Hydra's escaped sweep value
         ("GET https://h/x?token=abc&x=1&X-Amz-Signature=sig9", "GET https://h/x?token=***&x=1&X-Amz-Signature=***"),
         ("error: 'https://u:p,w@h' refused", "error: 'https://***@h' refused"),
@@ -38,7 +41,10 @@ def test_registered_values_are_masked_outside_urls_too():
     redact.register_tree({"tracking": {"uri": "postgresql://u:hunter22@h/db"}, "n": 3})
     redact.register_environment({"MLFLOW_TRACKING_PASSWORD": "s3cr3t-pw", "AWS_SECRET_ACCESS_KEY": "AKIAXYZ",
                                  "HOME": "/root", "DATA_MIRROR": "https://bob:mirrorpw@m/"})  # fmt: skip
-    assert redact.redact("login failed for hunter22; s3cr3t-pw AKIAXYZ mirrorpw /root") == "login failed for ***; *** *** *** /root"
+    assert (
+        redact.redact("login failed for hunter22; s3cr3t-pw AKIAXYZ mirrorpw /root")
+        == "login failed for ***; *** *** *** /root"
+    )
     redact.register("ab")  # too short to mask by value (it would garble every message)
     assert redact.redact("abc") == "abc"
 
