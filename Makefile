@@ -1,5 +1,6 @@
-# Entry points: `make run` (the pipeline), `make ui` (MLflow UI), `make test` (fast tests),
-# `make test-slow` (full-data tests). Each creates .venv and installs the project first.
+# Entry points: `make run` (the pipeline), `make ui` (MLflow UI), `make test` (unit + integration tests),
+# `make test-unit` (seconds), `make test-slow` (full data), `make lint`. Each creates .venv and installs
+# the project first, so none needs an activated environment.
 VENV ?= .venv
 PYTHON ?= python3
 HOST ?= 127.0.0.1
@@ -8,7 +9,7 @@ BIN := $(abspath $(VENV))/bin
 # DVC runs each stage's `python -m ...` through the shell with our PATH: put the venv first.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run ui test test-slow params clean
+.PHONY: install run ui test test-unit test-slow lint format params clean
 
 install: $(VENV)/.installed
 
@@ -21,18 +22,29 @@ $(VENV)/.installed: pyproject.toml
 run: install  ## download -> preprocess -> train -> evaluate, each only if its inputs changed
 	dvc repro
 
-ui: install  ## MLflow UI over the project's store, on 127.0.0.1 unless HOST says otherwise
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
-		--default-artifact-root $(CURDIR)/mlruns --host $(HOST) --port $(PORT)
+ui: install  ## MLflow UI over the store in params.yaml (tracking.uri), on 127.0.0.1 unless HOST says otherwise
+	python -m pipeline.tracking ui --host $(HOST) --port $(PORT)
 
-test: install  ## fast tests (small subsets)
+test: install  ## unit + integration tests (small real subsets of MNIST)
 	pytest
+
+test-unit: install  ## unit tests: synthetic arrays, in-process, seconds
+	pytest tests/unit
 
 test-slow: install  ## full-data tests: the default pipeline end to end
 	pytest -m slow
 
+lint: install  ## ruff (lint and format check) and mypy, as CI runs them
+	ruff check .
+	ruff format --check .
+	mypy
+
+format: install  ## apply ruff's formatting and safe fixes
+	ruff format .
+	ruff check --fix .
+
 params: install  ## rewrite params.yaml from conf/ (what `dvc exp run` does)
 	python -m pipeline.config
 
-clean:  ## pipeline outputs and caches; keeps mlflow.db and mlruns/
-	rm -rf data/raw data/processed models/model.keras models/mlflow_run.json .cache outputs multirun
+clean:  ## pipeline outputs and caches; keeps the MLflow store (mlflow.db, mlruns/)
+	rm -rf data/raw data/processed models/model.keras models/mlflow_run.json reports/mlflow_eval.json .cache outputs multirun

@@ -392,3 +392,32 @@ def evaluation_run(cfg: Config, trained: RunRecord) -> Iterator[mlflow.ActiveRun
     name = f"{train_run.info.run_name or trained.run_id[:8]}-eval"
     with start_run(cfg, parent_run_id=trained.run_id, tags=tags, run_name=name) as run:
         yield run
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pipeline.tracking uri`` prints the store the pipeline logs to (``tracking.uri`` of
+    params.yaml, or ``$MLFLOW_TRACKING_URI``); ``python -m pipeline.tracking ui [mlflow ui options]`` opens
+    the MLflow UI over it (``make ui``), with the same artifact folder, so the store is declared once."""
+    import sys
+
+    from pipeline.config import load_params
+    from pipeline.errors import fail, user_errors
+
+    args = sys.argv[1:] if argv is None else argv
+    with user_errors():
+        uri = tracking_uri(load_params(project_root() / "params.yaml").tracking)
+    if args[:1] == ["uri"]:
+        print(uri)
+    elif args[:1] == ["ui"]:
+        artifacts = artifact_location(uri)
+        extra = ["--default-artifact-root", artifacts] if artifacts else []
+        os.execvp("mlflow", ["mlflow", "ui", "--backend-store-uri", uri, *extra, *args[1:]])
+    else:
+        fail("usage: python -m pipeline.tracking uri | ui [mlflow ui options]")
+
+
+if __name__ == "__main__":
+    main()
