@@ -46,5 +46,5 @@ format: install  ## apply ruff's formatting and safe fixes
 params: install  ## rewrite params.yaml from conf/ (what `dvc exp run` does)
 	python -m pipeline.config
 
-clean:  ## pipeline outputs and caches; keeps the MLflow store (mlflow.db, mlruns/)
-	rm -rf data/raw data/processed models/model.keras models/mlflow_run.json reports/mlflow_eval.json .cache outputs multirun
+clean: install  ## every output in params.yaml's paths (data, models, reports, caches) and Hydra's folders; keeps the MLflow store
+	python -m pipeline.config clean

@@ -8,7 +8,7 @@ Types and unknown keys are checked by merging into the structured schema (OmegaC
 ranges and choices by :func:`_check_ranges`. Both run before any work, whichever way the config came.
 
 Run ``python -m pipeline.config`` to rewrite ``params.yaml`` from ``conf/`` (``make params``), exactly
-as DVC's Hydra integration writes it.
+as DVC's Hydra integration writes it; ``python -m pipeline.config clean`` removes the outputs (``make clean``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline import redact
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, user_errors
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PARAMS_FILE = "params.yaml"
@@ -399,8 +399,29 @@ def write_params(path: Path | str = PARAMS_FILE, overrides: list[str] | tuple[st
     return text
 
 
+#: Folders Hydra's runs write into (conf/config.yaml: hydra.run.dir, hydra.sweep.dir).
+HYDRA_OUTPUT_ROOTS = ("outputs", "multirun")
+
+
+def clean(path: Path | str = PARAMS_FILE) -> list[str]:
+    """Remove every output the pipeline writes (``paths.*`` of params.yaml and Hydra's run folders); the
+    MLflow store stays. Returns what was removed."""
+    from pipeline.files import remove
+
+    targets = [*to_dict(load_params(path))["paths"].values(), *HYDRA_OUTPUT_ROOTS]
+    removed = [t for t in targets if os.path.lexists(t)]
+    remove(*removed)
+    return removed
+
+
 def main() -> None:
-    write_params(PARAMS_FILE, sys.argv[1:])
+    """``python -m pipeline.config [overrides]`` writes params.yaml; ``python -m pipeline.config clean``
+    removes the pipeline's outputs."""
+    with user_errors():
+        if sys.argv[1:] == ["clean"]:
+            print("removed: " + (" ".join(clean()) or "nothing"))
+            return
+        write_params(PARAMS_FILE, sys.argv[1:])
     print(f"wrote {PARAMS_FILE} from {os.path.relpath(CONF_DIR)}/")
 
 

@@ -70,6 +70,21 @@ def mirror(mnist) -> Path:
     return mnist.raw_dir
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _project_store_untouched() -> Iterator[None]:
+    """No test writes the project's own MLflow store, its artifacts or its run records: every test's runs go
+    to a store under tmp_path, and that store's files stay beside it."""
+
+    def state() -> dict[str, tuple[int, int]]:
+        names = ("mlflow.db", "mlruns", "mlflow.db-running", "outputs", "multirun")
+        paths = [p for name in names for p in [ROOT / name, *(ROOT / name).rglob("*")] if p.exists()]
+        return {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for p in paths}
+
+    before = state()
+    yield
+    assert state() == before, "a test wrote into the project's own MLflow store or Hydra folders"
+
+
 @pytest.fixture(autouse=True)
 def _isolated_process_state(monkeypatch) -> Iterator[None]:
     """No test sees a tracking server, a DVC stage or an externalized secret from the shell; what an

@@ -195,3 +195,18 @@ def test_an_optimizer_is_one_dataclass_and_one_yaml(tmp_path, monkeypatch):
     assert type(build_optimizer(cfg.optimizer)).__name__ == "Nadam"
     with pytest.raises(ConfigError, match=r"'optimizer.beta_1': 1.5; allowed: a number in"):
         validate(compose(["optimizer=nadam", "optimizer.beta_1=1.5"], conf_dir=conf))
+
+
+def test_clean_removes_every_declared_output_and_keeps_the_store(tmp_path, monkeypatch):
+    from pipeline.config import clean, write_params
+
+    monkeypatch.chdir(tmp_path)
+    write_params("params.yaml")
+    for path in ("data/raw/x", "data/processed/train.npz", "models/model.keras", "reports/metrics.json",
+                 ".cache/backup/a/b", "outputs/2026/x", "multirun/2026/y", "mlflow.db", "mlruns/1/x"):  # fmt: skip
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("x")
+    removed = clean()
+    assert {"data/raw", "data/processed", "models/model.keras", "reports/metrics.json", "outputs"} <= set(removed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".cache", "data", "mlflow.db", "mlruns", "models", "params.yaml", "reports"]
+    assert not any((tmp_path / "data").iterdir()) and not (tmp_path / ".cache" / "backup").exists()
