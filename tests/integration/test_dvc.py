@@ -1,6 +1,6 @@
 """Where the tools meet, in one fresh copy of the repository: `dvc repro`, then the Hydra app sweeping over
-datasets with the joblib launcher while other processes reap orphaned runs, then a queued DVC experiment,
-then a re-evaluation.
+datasets with the joblib launcher while a queued DVC experiment runs and other processes reap orphaned
+runs, then a re-evaluation.
 
 One scenario (a module fixture) runs the real commands once; each test checks one promise about what they
 left: DVC's outputs are DVC's alone, each job trains on its own data, runs end FINISHED despite the
@@ -94,45 +94,46 @@ def project(tmp_path_factory, mirror):
         train_before = client.get_run(trained_run)
         history_before = client.get_metric_history(trained_run, "test_accuracy")
 
-        # 2. A joblib sweep over datasets, credentials on the command line and in the environment,
-        #    while two other processes reap orphaned runs of the same store.
-        datasets = "dataset=mnist,fashion_mnist" if FASHION.is_dir() else "seed=1,2"
-        sweep_mirrors = f"dataset.mirrors=[{base.format(SECRETS['sweep'])},{FASHION}]"
-        sweep_env = {**env, "DATA_MIRROR": base.format(SECRETS["env"])}
-        stop = repo.parent / "stop-reaping"
-        reaper = [sys.executable, "-c", REAPER, f"sqlite:///{repo / 'mlflow.db'}", str(stop)]
-        reapers = [subprocess.Popen(reaper, cwd=repo, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
-        try:
-            sweep = subprocess.run(
-                [sys.executable, "-m", "pipeline.run", "-m", datasets, sweep_mirrors, "train.subset=300", "train.verbose=0",
-                 "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-                cwd=repo, env=sweep_env, capture_output=True, text=True, timeout=600,
-            )  # fmt: skip
-        finally:
-            stop.touch()
-            reaps = [int(r.communicate(timeout=60)[0].strip() or 0) for r in reapers]
-        printed += [sweep.stdout, sweep.stderr]
-        assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
-
-        # 3. DVC's view after the app: nothing changed, nothing to run.
-        status = dvc(repo, env, "status")
-        noop = dvc(repo, env, "repro")
-
-        # 4. A queued DVC experiment, run by a worker in a temporary copy (under .dvc/tmp/exps).
-        # (`dvc exp run -S` recomposes params.yaml from conf/, so the subset is given again.)
+        # 2. A queued DVC experiment, run by a worker in a temporary copy (under .dvc/tmp/exps), in the
+        #    background while step 3 runs. (`dvc exp run -S` recomposes params.yaml from conf/: the subset
+        #    is given again.)
         small = ("-S", "train.subset=300", "-S", "train.verbose=0")
         queued = dvc(repo, env, "exp", "run", "--queue", "-S", "optimizer=rmsprop", *small).stdout
         experiments = re.findall(r"Queued experiment '(\S+)'", queued)
+        # The worker runs in the background, holding any pipe it inherits: give it none.
+        subprocess.run(["dvc", "queue", "start"], cwd=repo, env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)  # fmt: skip
         try:
-            # The workers run in the background, holding any pipe they inherit: give them none.
-            subprocess.run(["dvc", "queue", "start"], cwd=repo, env=env, check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)  # fmt: skip
+            # 3. A joblib sweep over datasets, credentials on the command line and in the environment,
+            #    while two other processes reap orphaned runs of the same store.
+            datasets = "dataset=mnist,fashion_mnist" if FASHION.is_dir() else "seed=1,2"
+            sweep_mirrors = f"dataset.mirrors=[{base.format(SECRETS['sweep'])},{FASHION}]"
+            sweep_env = {**env, "DATA_MIRROR": base.format(SECRETS["env"])}
+            stop = repo.parent / "stop-reaping"
+            reaper = [sys.executable, "-c", REAPER, f"sqlite:///{repo / 'mlflow.db'}", str(stop)]
+            reapers = [subprocess.Popen(reaper, cwd=repo, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+            try:
+                sweep = subprocess.run(
+                    [sys.executable, "-m", "pipeline.run", "-m", datasets, sweep_mirrors, "train.subset=300",
+                     "train.verbose=0", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                    cwd=repo, env=sweep_env, capture_output=True, text=True, timeout=600,
+                )  # fmt: skip
+            finally:
+                stop.touch()
+                reaps = [int(r.communicate(timeout=60)[0].strip() or 0) for r in reapers]
+            printed += [sweep.stdout, sweep.stderr]
+            assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
+
             deadline = time.monotonic() + 300
             while re.search(r"\b(Queued|Running)\b", queue := dvc(repo, env, "queue", "status").stdout):
                 assert time.monotonic() < deadline, f"queue still busy:\n{queue}"
                 time.sleep(2)  # polling the queue, not racing it
         finally:
             subprocess.run(["dvc", "queue", "stop"], cwd=repo, env=env, capture_output=True, timeout=120)
+
+        # 4. DVC's view after the app and the experiment: nothing changed, nothing to run.
+        status = dvc(repo, env, "status")
+        noop = dvc(repo, env, "repro")
         shown = json.loads(dvc(repo, env, "exp", "show", "--json").stdout)
 
         # 5. The evaluation code changes: only evaluate reruns, on the model train made in step 1.
@@ -162,7 +163,7 @@ n = 0
 while not pathlib.Path(sys.argv[2]).exists():
     tracking.reap_orphans(sys.argv[1])
     n += 1
-    time.sleep(0.02)  # a polling interval, not a race to win
+    time.sleep(0.1)  # a polling interval, not a race to win
 print(n)
 """
 

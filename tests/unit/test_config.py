@@ -208,5 +208,13 @@ def test_clean_removes_every_declared_output_and_keeps_the_store(tmp_path, monke
         (tmp_path / path).write_text("x")
     removed = clean()
     assert {"data/raw", "data/processed", "models/model.keras", "reports/metrics.json", "outputs"} <= set(removed)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".cache", "data", "mlflow.db", "mlruns", "models", "params.yaml", "reports"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".cache",
+        "data",
+        "mlflow.db",
+        "mlruns",
+        "models",
+        "params.yaml",
+        "reports",
+    ]
     assert not any((tmp_path / "data").iterdir()) and not (tmp_path / ".cache" / "backup").exists()
