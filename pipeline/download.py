@@ -169,8 +169,9 @@ def fetch(spec: FileSpec, dest: Path, mirrors: list[str], timeout: float, retrie
                     failures.append(last + (f" (after {attempt} attempts)" if attempt > 1 else ""))
                     break
                 time.sleep(min(2.0 ** (attempt - 1), 8.0))
-    tried = "\n  ".join(failures) or "no mirror configured (set DATA_MIRROR or dataset.mirrors)"
-    raise DataError(f"{spec.file}: every mirror failed:\n  {tried}")
+    tried = "\n  ".join(failures) or "no mirror configured"
+    hint = "no internet? set DATA_MIRROR to a folder or URL holding the dataset's files (tried first)"
+    raise DataError(f"{spec.file}: every mirror failed:\n  {tried}\n{hint}")
 
 
 def download(dataset: DatasetConfig, raw_dir: Path | str, env: dict[str, str] | None = None) -> DownloadResult:

@@ -32,8 +32,6 @@ from tests.conftest import copy_repo, stage_env
 from tests.integration.test_run import assert_nowhere, written_files
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-# With `pytest -n` the scenario's tests stay on one worker, so the scenario runs once.
-pytestmark = pytest.mark.xdist_group("dvc_project")
 SECRETS = {"params": "params-secret-1", "sweep": "sweep-secret-2", "env": "env-secret-3", "password": "env-secret-4"}
 
 

@@ -104,6 +104,7 @@ def test_all_mirrors_failing_lists_each_and_leaves_nothing(tmp_path):
         fetch(spec, dest, mirrors, timeout=5, retries=2)
     text = str(err.value)
     assert text.startswith("f.gz: every mirror failed")
+    assert text.endswith("no internet? set DATA_MIRROR to a folder or URL holding the dataset's files (tried first)")
     assert f"{tmp_path / 'evil'}: SHA-256 mismatch" in text
     assert f"{tmp_path / 'missing'}: No such file or directory" in text
     assert "truncated or corrupt gzip" in text and "(after 2 attempts)" in text
