@@ -10,9 +10,13 @@ folder; ``<sweep dir>/mlflow_parent_run.json`` with its id, which every job read
 worker processes) to become its child; at the end, the children's results sorted by test accuracy,
 printed and logged on the parent as ``sweep_results.md``, ``sweep_results.csv`` and an MLflow table.
 
+Before the parent exists, every job of a grid is composed and validated (a bad value in the fifth job stops
+the sweep before the first trains), and credentials found in the config are swapped for environment
+references, so the ``multirun.yaml`` Hydra saves next holds none.
+
 The parent ends FINISHED when every child finished, FAILED otherwise (KILLED if a job was interrupted);
 if the sweep dies on the way (an exception, Ctrl+C, SIGTERM) an exit hook ends it that way rather than
-leaving it RUNNING. Only SIGKILL leaves it RUNNING.
+leaving it RUNNING. Only SIGKILL leaves it RUNNING, until the next run against the store reaps it.
 """
 
 from __future__ import annotations

@@ -356,6 +356,8 @@ class RunRecord:
         path = Path(path)
         try:
             data = json.loads(path.read_text())
+            if not isinstance(data.get("run_id"), str):
+                raise ValueError("no run_id")
             return cls(**{k: data.get(k) for k in ("run_id", "experiment_id", "model_id", "train_run_id")})
         except FileNotFoundError:
             raise DataError(
