@@ -154,7 +154,7 @@ def _fetch_one(base: str, spec: FileSpec, dest: Path, timeout: float) -> None:
             raise MirrorFailure(f"SHA-256 mismatch: got {h.hexdigest()}, expected {spec.sha256}")
 
 
-def fetch(spec: FileSpec, dest: Path, mirrors: list[str], timeout: float, retries: int) -> str:
+def fetch(spec: FileSpec, dest: Path, mirrors: list[str], timeout: float, retries: int, backoff: float = 1.0) -> str:
     """Get one verified file from the first mirror that delivers it; return that mirror (redacted)."""
     failures: list[str] = []
     for base in mirrors:
@@ -168,7 +168,7 @@ def fetch(spec: FileSpec, dest: Path, mirrors: list[str], timeout: float, retrie
                 if not exc.transient or attempt == retries:
                     failures.append(last + (f" (after {attempt} attempts)" if attempt > 1 else ""))
                     break
-                time.sleep(min(2.0 ** (attempt - 1), 8.0))
+                time.sleep(backoff * min(2.0 ** (attempt - 1), 8.0))  # 1 s, 2 s, 4 s... by default
     tried = "\n  ".join(failures) or "no mirror configured"
     hint = "no internet? set DATA_MIRROR to a folder or URL holding the dataset's files (tried first)"
     raise DataError(f"{spec.file}: every mirror failed:\n  {tried}\n{hint}")

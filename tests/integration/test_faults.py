@@ -89,7 +89,7 @@ def test_each_failing_mirror_is_reported_then_the_good_one_used(server, tmp_path
         f"http://user:hunter2@127.0.0.1:{server.rsplit(':', 1)[1]}/wrong/",
     ]
     with pytest.raises(DataError) as err:
-        fetch(SPEC, dest, mirrors, timeout=0.5, retries=2)
+        fetch(SPEC, dest, mirrors, timeout=0.5, retries=2, backoff=0.01)
     lines = str(err.value).splitlines()
     assert lines[0] == "f.gz: every mirror failed:"
     assert "missing/: HTTP 404" in lines[1]

@@ -101,7 +101,7 @@ def test_all_mirrors_failing_lists_each_and_leaves_nothing(tmp_path):
     dest.parent.mkdir()
     mirrors = [str(tmp_path / "evil"), str(tmp_path / "missing"), (tmp_path / "trunc").as_uri()]
     with pytest.raises(DataError) as err:
-        fetch(spec, dest, mirrors, timeout=5, retries=2)
+        fetch(spec, dest, mirrors, timeout=5, retries=2, backoff=0.01)
     text = str(err.value)
     assert text.startswith("f.gz: every mirror failed")
     assert text.endswith("no internet? set DATA_MIRROR to a folder or URL holding the dataset's files (tried first)")
