@@ -28,14 +28,24 @@ from pipeline.errors import ConfigError
 SOURCE = "overrides"
 
 
-def config_groups(conf_dir: Path | str = CONF_DIR) -> dict[str, list[str]]:
-    """The project's config groups and their options (``conf/<group>/<option>.yaml``)."""
-    conf_dir = Path(conf_dir)
-    return {
-        d.name: sorted(p.stem for p in d.glob("*.yaml"))
-        for d in sorted(conf_dir.iterdir())
-        if d.is_dir() and any(d.glob("*.yaml"))
-    }
+def config_groups(*conf_dirs: Path | str) -> dict[str, list[str]]:
+    """Config groups and their options (``<dir>/<group>/<option>.yaml``) over the given folders."""
+    groups: dict[str, set[str]] = {}
+    for conf_dir in map(Path, conf_dirs):
+        for d in sorted(conf_dir.iterdir()) if conf_dir.is_dir() else []:
+            if d.is_dir() and any(d.glob("*.yaml")):
+                groups.setdefault(d.name, set()).update(p.stem for p in d.glob("*.yaml"))
+    return {name: sorted(options) for name, options in sorted(groups.items())}
+
+
+def search_path(parsed: list[Any]) -> list[Path]:
+    """Folders a ``hydra.searchpath=[file://...]`` override adds (Hydra looks for config groups there too)."""
+    folders = []
+    for o in parsed:
+        if o.key_or_group == "hydra.searchpath":
+            value = o.value()
+            folders += [Path(str(v).removeprefix("file://")) for v in (value if isinstance(value, list) else [value])]
+    return [f for f in folders if f.is_dir()]
 
 
 def _values(override: Any) -> list[Any]:
@@ -51,7 +61,7 @@ def check(overrides: list[str], multirun: bool, conf_dir: Path | str = CONF_DIR)
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as exc:
         raise ConfigError(f"{SOURCE}: {exc}") from None
-    groups = config_groups(conf_dir)
+    groups = config_groups(conf_dir, *search_path(parsed))
     chosen: dict[str, list[str]] = {}
     keyed = []
     for o in parsed:
@@ -71,7 +81,8 @@ def check(overrides: list[str], multirun: bool, conf_dir: Path | str = CONF_DIR)
         else:
             keyed.append(o)
     if keyed:
-        known = _known_keys(chosen, conf_dir)
+        searching = [o.input_line for o in parsed if o.key_or_group == "hydra.searchpath"]
+        known = _known_keys(chosen, conf_dir, searching)
         for o in keyed:
             key = o.key_or_group
             if key in groups:  # ~group deletes a default: nothing to check
@@ -84,12 +95,13 @@ def check(overrides: list[str], multirun: bool, conf_dir: Path | str = CONF_DIR)
         validate(compose(overrides, conf_dir), source=SOURCE)
 
 
-def _known_keys(chosen: dict[str, list[str]], conf_dir: Path | str) -> set[str]:
-    """Dotted keys of the composed config, over every combination of the chosen group options."""
+def _known_keys(chosen: dict[str, list[str]], conf_dir: Path | str, extra: list[str]) -> set[str]:
+    """Dotted keys of the composed config (with the ``extra`` overrides, e.g. Hydra's search path), over
+    every combination of the chosen group options."""
     keys: set[str] = set()
     names = list(chosen)
     for combo in itertools.product(*(chosen[n] for n in names)):
-        cfg = compose([f"{n}={v}" for n, v in zip(names, combo, strict=True)], conf_dir)
+        cfg = compose([*extra, *(f"{n}={v}" for n, v in zip(names, combo, strict=True))], conf_dir)
         tree = OmegaConf.to_container(cfg, resolve=False)
         for dotted in flatten(tree):
             parts = dotted.split(".")

@@ -31,13 +31,16 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from pipeline import redact
 from pipeline.errors import user_errors
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +80,11 @@ def externalize_secrets(node: Any) -> None:
                 node[key] = redact.externalize(value)
 
 
-def validate_jobs(config: DictConfig) -> None:
+def validate_jobs(config: DictConfig) -> list[Config] | None:
     """Compose and validate each job of a grid sweep (Hydra's basic sweeper) before any job runs, so a bad
     value in the fifth job stops the sweep before the first one trains; all bad jobs are listed at once.
-    Other sweepers (Optuna) choose values as they go and are validated job by job."""
+    Returns the jobs' configs; None for other sweepers (Optuna), which choose values as they go and are
+    validated job by job."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -89,22 +93,23 @@ def validate_jobs(config: DictConfig) -> None:
     from pipeline.errors import ConfigError
 
     if "BasicSweeper" not in str(OmegaConf.select(config, "hydra.sweeper._target_") or ""):
-        return
+        return None
     overrides = OverridesParser.create().parse_overrides([str(o) for o in config.hydra.overrides.task])
     loader = GlobalHydra.instance().config_loader()
-    errors = []
+    errors, jobs = [], []
     for batch in BasicSweeper.split_arguments(overrides, None):
         for job in batch:
             job_cfg = loader.load_sweep_config(config, list(job))
             task = OmegaConf.masked_copy(job_cfg, [str(k) for k in job_cfg if k != "hydra"])
             try:
-                validate(task, source=f"job ({' '.join(job)})")
+                jobs.append(validate(task, source=f"job ({' '.join(job)})"))
             except ConfigError as exc:
                 errors.append(str(exc))
     if errors:
         raise ConfigError(
             f"{len(errors)} job(s) of the sweep have bad config; nothing was run:\n  " + "\n  ".join(errors)
         )
+    return jobs
 
 
 def results_rows(children: list[Any]) -> list[dict[str, Any]]:
@@ -190,8 +195,9 @@ class SweepCallback(Callback):
         with user_errors():
             task_cfg = OmegaConf.masked_copy(config, [str(k) for k in config if k != "hydra"])
             cfg = validate(task_cfg, source="config")
-            validate_jobs(config)  # every job of a grid, before any of them starts
-            ensure_data(cfg.dataset, cfg.paths.data_cache)  # once, before parallel jobs would wait for it
+            jobs = validate_jobs(config) or [cfg]  # every job of a grid, before any of them starts
+            for job in jobs:  # each job's dataset, prepared before parallel jobs would wait for one another
+                ensure_data(job.dataset, job.paths.data_cache)
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         overrides = [str(o) for o in config.hydra.overrides.task]

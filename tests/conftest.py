@@ -13,6 +13,7 @@ point ``DATA_MIRROR`` at a folder.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 import subprocess
@@ -64,6 +65,52 @@ def mnist():
         pytest.skip("MNIST not reachable: set DATA_MIRROR to a folder holding the four MNIST .gz files")
 
 
+#: The integration tier's small real subsets: the first images of each split, as datasets of their own.
+SMALL_SPLITS = {"train": 2000, "test": 1000}
+FASHION_MIRROR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def small_dataset(name: str, source: Path, dest: Path):
+    """Write the first SMALL_SPLITS images of each split of the IDX files in ``source`` (compressed or not) as
+    gzipped IDX files in ``dest`` (a mirror folder); return the dataset config naming them, with hashes."""
+    import gzip
+    import hashlib
+    import struct
+
+    from pipeline.config import DatasetConfig, FileSpec
+
+    dest.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for key, spec in validate(compose()).dataset.files.items():
+        raw = source / spec.file[:-3]
+        data = raw.read_bytes() if raw.is_file() else gzip.decompress((source / spec.file).read_bytes())
+        ndim = data[3]
+        dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+        n = SMALL_SPLITS[key.split("_")[0]]
+        item = math.prod(dims[1:])
+        content = data[:4] + struct.pack(f">{ndim}I", n, *dims[1:]) + data[4 + 4 * ndim :][: n * item]
+        (dest / spec.file).write_bytes(gzip.compress(content, mtime=0))
+        files[key] = FileSpec(spec.file, hashlib.sha256(content).hexdigest(), len(content))
+    return DatasetConfig(name=name, mirrors=[str(dest)], files=files, num_classes=10, timeout=10.0, retries=1)
+
+
+@pytest.fixture(scope="session")
+def mnist_small(mnist):
+    """The first 2,000 training and 1,000 test images of MNIST as a dataset of their own, prepared."""
+    from pipeline.prepare import ensure_data
+
+    dataset = small_dataset("mnist_small", mnist.raw_dir, data_cache() / "mirrors" / "mnist_small")
+    return dataset, ensure_data(dataset, data_cache(), env={})
+
+
+@pytest.fixture(scope="session")
+def fashion_small():
+    """The same subset of Fashion-MNIST (Debian's package), or None where it is not installed."""
+    if not FASHION_MIRROR.is_dir():
+        return None
+    return small_dataset("fashion_small", FASHION_MIRROR, data_cache() / "mirrors" / "fashion_small")
+
+
 @pytest.fixture(scope="session")
 def mirror(mnist) -> Path:
     """A local mirror for subprocess stages: the verified, decompressed IDX files (no download at all)."""
@@ -110,13 +157,15 @@ def _isolated_process_state(monkeypatch) -> Iterator[None]:
 
 
 @pytest.fixture
-def make_cfg(tmp_path, mnist) -> Callable[..., Config]:
-    """Compose conf/ with overrides; data from the session's copy, all outputs and MLflow under tmp_path."""
+def make_cfg(tmp_path, mnist_small) -> Callable[..., Config]:
+    """Compose conf/ with overrides, on the small real subset of MNIST; all outputs and MLflow under tmp_path."""
+    dataset, prepared = mnist_small
 
     def make(*overrides: str) -> Config:
         cfg = validate(compose(["train.subset=512", "train.verbose=0", *overrides]))
+        cfg.dataset = dataclasses.replace(dataset)
         p = cfg.paths
-        p.raw_dir, p.processed_dir, p.data_cache = str(mnist.raw_dir), str(mnist.processed_dir), str(data_cache())
+        p.raw_dir, p.processed_dir, p.data_cache = str(prepared.raw_dir), str(prepared.processed_dir), str(data_cache())
         for key in OUTPUT_PATHS:
             setattr(p, key, str(tmp_path / "out" / Path(getattr(p, key)).name))
         p.backup_dir = str(tmp_path / "backup")

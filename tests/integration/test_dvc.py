@@ -12,7 +12,9 @@ printed.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
+import gzip
 import http.server
 import json
 import re
@@ -31,12 +33,12 @@ from pipeline.data import load_split
 from tests.conftest import copy_repo, stage_env
 from tests.integration.test_run import assert_nowhere, written_files
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 SECRETS = {"params": "params-secret-1", "sweep": "sweep-secret-2", "env": "env-secret-3", "password": "env-secret-4"}
 
 
 class MirrorHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves the MNIST files under /mnist/ to user bob with any of the test passwords (basic auth)."""
+    """Serves the small datasets' mirror folders (/mnist_small/..., /fashion_small/...) to user bob with any of
+    the test passwords (basic auth)."""
 
     def log_message(self, *args):
         pass
@@ -46,7 +48,6 @@ class MirrorHandler(http.server.SimpleHTTPRequestHandler):
         if self.headers.get("Authorization") not in allowed:
             self.send_error(401)
             return
-        self.path = self.path.removeprefix("/mnist").removesuffix(".gz")  # the files lie decompressed
         super().do_GET()
 
 
@@ -66,18 +67,31 @@ def store(repo: Path) -> mlflow.MlflowClient:
     return mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
 
 
+def add_datasets(repo: Path, *datasets) -> None:
+    """conf/dataset/<name>.yaml for each dataset, committed: DVC's queued experiments see only git's files."""
+    for dataset in datasets:
+        (repo / "conf" / "dataset" / f"{dataset.name}.yaml").write_text(yaml.safe_dump(dataclasses.asdict(dataset)))
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "datasets"], cwd=repo, check=True
+    )
+
+
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, mirror):
-    """Run the scenario once; return what the tests inspect."""
+def project(tmp_path_factory, mirror, mnist_small, fashion_small):
+    """Run the scenario once, on the small real subsets; return what the tests inspect."""
+    small, _ = mnist_small
     repo = copy_repo(tmp_path_factory.mktemp("project") / "repo")
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(MirrorHandler, directory=str(mirror)))
+    add_datasets(repo, *[d for d in (small, fashion_small) if d is not None])
+    served = Path(small.mirrors[0]).parent  # mirrors/mnist_small/, mirrors/fashion_small/
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(MirrorHandler, directory=str(served)))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    base = f"http://bob:{{}}@127.0.0.1:{httpd.server_port}/mnist/"
+    base = f"http://bob:{{}}@127.0.0.1:{httpd.server_port}/{{}}/"
     printed: list[str] = []
     try:
         # 1. dvc repro, with a credential in params.yaml and no $DATA_MIRROR: the stages must use it.
         params = yaml.safe_load((repo / "params.yaml").read_text())
-        params["dataset"]["mirrors"] = [base.format(SECRETS["params"])]
+        params["dataset"] = {**dataclasses.asdict(small), "mirrors": [base.format(SECRETS["params"], small.name)]}
         params["train"].update(subset=300, verbose="0")
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         env = stage_env(mirror, DATA_MIRROR="", MLFLOW_TRACKING_PASSWORD=SECRETS["password"])
@@ -95,8 +109,8 @@ def project(tmp_path_factory, mirror):
         # 2. A queued DVC experiment, run by a worker in a temporary copy (under .dvc/tmp/exps), in the
         #    background while step 3 runs. (`dvc exp run -S` recomposes params.yaml from conf/: the subset
         #    is given again.)
-        small = ("-S", "train.subset=300", "-S", "train.verbose=0")
-        queued = dvc(repo, env, "exp", "run", "--queue", "-S", "optimizer=rmsprop", *small).stdout
+        small_run = ("-S", f"dataset={small.name}", "-S", "train.subset=300", "-S", "train.verbose=0")
+        queued = dvc(repo, env, "exp", "run", "--queue", "-S", "optimizer=rmsprop", *small_run).stdout
         experiments = re.findall(r"Queued experiment '(\S+)'", queued)
         # The worker runs in the background, holding any pipe it inherits: give it none.
         subprocess.run(["dvc", "queue", "start"], cwd=repo, env=env, check=True,
@@ -104,15 +118,15 @@ def project(tmp_path_factory, mirror):
         try:
             # 3. A joblib sweep over datasets, credentials on the command line and in the environment,
             #    while two other processes reap orphaned runs of the same store.
-            datasets = "dataset=mnist,fashion_mnist" if FASHION.is_dir() else "seed=1,2"
-            sweep_mirrors = f"dataset.mirrors=[{base.format(SECRETS['sweep'])},{FASHION}]"
-            sweep_env = {**env, "DATA_MIRROR": base.format(SECRETS["env"])}
+            datasets = f"dataset={small.name},fashion_small" if fashion_small else f"dataset={small.name} seed=1,2"
+            sweep_mirrors = f"dataset.mirrors=[{base.format(SECRETS['sweep'], small.name)},{base.format(SECRETS['sweep'], 'fashion_small')}]"
+            sweep_env = {**env, "DATA_MIRROR": base.format(SECRETS["env"], small.name)}
             stop = repo.parent / "stop-reaping"
             reaper = [sys.executable, "-c", REAPER, f"sqlite:///{repo / 'mlflow.db'}", str(stop)]
             reapers = [subprocess.Popen(reaper, cwd=repo, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
             try:
                 sweep = subprocess.run(
-                    [sys.executable, "-m", "pipeline.run", "-m", datasets, sweep_mirrors, "train.subset=300",
+                    [sys.executable, "-m", "pipeline.run", "-m", *datasets.split(), sweep_mirrors, "train.subset=300",
                      "train.verbose=0", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
                     cwd=repo, env=sweep_env, capture_output=True, text=True, timeout=600,
                 )  # fmt: skip
@@ -148,7 +162,8 @@ def project(tmp_path_factory, mirror):
             "repo": repo, "first": first, "sweep": sweep, "status": status, "noop": noop, "reevaluated": reevaluated,
             "changed": json.loads(changed.stdout), "reaps": reaps, "outputs_before": outputs_before,
             "train_before": train_before, "history_before": history_before, "printed": "".join(printed),
-            "datasets": datasets, "experiments": experiments, "queue": queue, "shown": shown,
+            "datasets": {d.name: d for d in (small, fashion_small) if d is not None}, "experiments": experiments,
+            "queue": queue, "shown": shown,
         }  # fmt: skip
     finally:
         httpd.shutdown()
@@ -181,6 +196,7 @@ def test_dvc_repro_runs_four_stages_into_one_finished_run(project):
     run = project["train_before"]
     assert run.info.status == "FINISHED" and run.data.metrics["test_accuracy"] == metrics["test_accuracy"]
     assert run.data.params["train.subset"] == "300" and run.data.tags["dvc"] == "true"
+    assert run.data.params["dataset.name"] == "mnist_small" and metrics["test_samples"] == 1000
     assert re.fullmatch(r"[0-9a-f]{40}", run.data.tags["git_commit"])
     exp = store(repo).get_experiment(run.info.experiment_id)
     assert exp.artifact_location == (repo / "mlruns").as_uri()  # the store's files beside the store
@@ -203,20 +219,22 @@ def test_the_app_never_writes_dvc_outputs(project):
 
 
 def test_each_sweep_job_trains_and_tests_on_its_own_data(project):
+    from pipeline.prepare import locations
+
     repo = project["repo"]
     parent, *children = sweep_children(repo)
     assert parent.info.status == "FINISHED" and len(children) == 2
-    digests = {c.data.tags["data_digest"] for c in children}
-    if project["datasets"].startswith("dataset="):
-        assert {c.data.tags["dataset"] for c in children} == {"mnist", "fashion_mnist"}
-        assert len(digests) == 2  # two datasets, two prepared folders
-        for child in children:
-            _, y = load_split(child.data.tags["data_dir"], "test")
-            expected = [1000] * 10 if child.data.tags["dataset"] == "fashion_mnist" else [980, 1135, 1032]
-            assert np.bincount(y).tolist()[: len(expected)] == expected
-            assert Path(child.data.tags["data_dir"]).is_relative_to(repo / ".cache" / "data")
-    else:
-        assert len(digests) == 1
+    for child in children:
+        dataset = project["datasets"][child.data.tags["dataset"]]
+        # The job's data folder is the one named by its own dataset's content (and the preparing code)...
+        assert Path(child.data.tags["data_dir"]) == locations(dataset, repo / ".cache" / "data")[1].resolve()
+        # ...and holds that dataset's test labels.
+        labels = Path(dataset.mirrors[0]) / dataset.files["test_labels"].file
+        expected = np.frombuffer(gzip.decompress(labels.read_bytes()), np.uint8, offset=8)
+        assert np.array_equal(load_split(child.data.tags["data_dir"], "test")[1], expected)
+    if len(project["datasets"]) == 2:
+        assert {c.data.tags["dataset"] for c in children} == {"mnist_small", "fashion_small"}
+        assert len({c.data.tags["data_digest"] for c in children}) == 2
 
 
 def test_runs_end_finished_while_other_processes_reap(project):

@@ -32,9 +32,9 @@ def test_train_evaluate_one_mlflow_run(make_cfg):
 
     # Files: model, history, reports.
     metrics = json.loads(Path(cfg.paths.metrics).read_text())
-    assert set(metrics) == {"test_loss", "test_accuracy", "test_samples"} and metrics["test_samples"] == 10000
+    assert set(metrics) == {"test_loss", "test_accuracy", "test_samples"} and metrics["test_samples"] == 1000
     assert 0.2 < metrics["test_accuracy"] <= 1.0  # 512 samples, 2 epochs of SGD: learning (chance is 0.1)
-    assert len(Path(cfg.paths.confusion).read_text().splitlines()) == 10001
+    assert len(Path(cfg.paths.confusion).read_text().splitlines()) == 1001
     per_class = Path(cfg.paths.per_class).read_text().splitlines()
     assert per_class[0] == "class,accuracy" and len(per_class) == 11
     assert Path(cfg.paths.history).read_text().splitlines()[0].startswith("epoch,")
@@ -46,7 +46,8 @@ def test_train_evaluate_one_mlflow_run(make_cfg):
     assert r.data.params["optimizer.name"] == "sgd"
     assert r.data.params["optimizer.learning_rate"] == "0.01"
     assert r.data.params["train.batch_size"] == "32" and r.data.params["train.subset"] == "512"
-    assert r.data.params["dataset.files.train_images.sha256"].startswith("ba891046")
+    assert r.data.params["dataset.files.train_images.sha256"] == cfg.dataset.files["train_images"].sha256
+    assert r.data.params["dataset.name"] == "mnist_small"
     assert len(r.data.params) >= 40
     assert [m.step for m in client.get_metric_history(r.info.run_id, "accuracy")] == [0, 1]
     assert len(client.get_metric_history(r.info.run_id, "loss")) == 2
@@ -121,7 +122,7 @@ def test_stage_functions_need_no_mlflow_run_and_same_seed_same_model(make_cfg, t
     assert weights(first) != weights(train(make_cfg("train.subset=320", "seed=7")))
     assert first.parameters == SEED_PARAMETERS and first.samples == 320 and first.example.shape == (1, 28, 28, 1)
     ev = evaluate(cfg)
-    assert ev.metrics["test_samples"] == 10000 and [p.name for p in ev.report_paths] == [
+    assert ev.metrics["test_samples"] == 1000 and [p.name for p in ev.report_paths] == [
         "metrics.json",
         "per_class.csv",
         "confusion.csv",

@@ -8,8 +8,10 @@ process of its own. Jobs read the session's prepared MNIST (``paths.data_cache``
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,10 +28,21 @@ from tests.conftest import data_cache, stage_env
 SMALL = ("train.subset=300", "train.verbose=0")
 
 
+@pytest.fixture(scope="session")
+def small_conf(tmp_path_factory, mnist_small) -> Path:
+    """A config folder holding ``dataset/mnist_small.yaml`` (the small real subset), for Hydra's search path."""
+    dataset, _ = mnist_small
+    conf = tmp_path_factory.mktemp("conf")
+    (conf / "dataset").mkdir()
+    (conf / "dataset" / "mnist_small.yaml").write_text(yaml.safe_dump(dataclasses.asdict(dataset)))
+    return conf
+
+
 @pytest.fixture
-def app(repo_copy, mirror, monkeypatch, capfd):
-    """``app(*args)`` runs ``python -m pipeline.run ARGS`` in this process inside the repo copy and returns
-    (exit status, everything printed)."""
+def app(repo_copy, mirror, small_conf, monkeypatch, capfd):
+    """``app(*args)`` runs ``python -m pipeline.run ARGS dataset=mnist_small`` in this process inside the repo
+    copy (the small dataset's config found through Hydra's search path) and returns (exit status, everything
+    printed)."""
     import pipeline.run
 
     share_prepared_data(repo_copy)
@@ -38,7 +51,8 @@ def app(repo_copy, mirror, monkeypatch, capfd):
     monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
 
     def run(*args: str) -> tuple[int, str]:
-        monkeypatch.setattr(sys, "argv", ["pipeline.run", *args])
+        small = (f"hydra.searchpath=[file://{small_conf}]", "dataset=mnist_small")
+        monkeypatch.setattr(sys, "argv", ["pipeline.run", *args, *small])
         try:
             pipeline.run.main()
             status = 0
@@ -145,7 +159,8 @@ def test_single_run_logs_one_finished_run_and_no_secret_anywhere(app, repo_copy,
     tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
     assert run.info.status == "FINISHED" and "mlflow.parentRunId" not in tags
     assert (
-        tags["overrides"] == "optimizer=sgd train.subset=300 train.verbose=0 dataset.mirrors=[http://***@127.0.0.1:9/]"
+        tags["overrides"]
+        == "optimizer=sgd train.subset=300 train.verbose=0 dataset.mirrors=[http://***@127.0.0.1:9/] dataset=mnist_small"
     )
     assert params["optimizer.name"] == "sgd" and params["train.subset"] == "300"
     assert params["paths.model"] == "models/model.keras"  # params: the config as dvc exp run -S reproduces it
@@ -220,9 +235,10 @@ def test_optuna_learning_rate_search_maximises_validation_accuracy(app, repo_cop
     assert "val_accuracy" in out
 
 
-def test_interrupted_sweep_leaves_no_run_running(repo_copy, mirror, tmp_path):
+def test_interrupted_sweep_leaves_no_run_running(repo_copy, mirror, small_conf, tmp_path):
     share_prepared_data(repo_copy)
-    args = ("-m", "optimizer=sgd,adam", "train.subset=3000", "train.verbose=0")
+    shutil.copy(small_conf / "dataset" / "mnist_small.yaml", repo_copy / "conf" / "dataset")
+    args = ("-m", "optimizer=sgd,adam", "dataset=mnist_small", "train.epochs=3", "train.verbose=0")
     with open(tmp_path / "log", "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.run", *args], cwd=repo_copy, env=stage_env(mirror), stdout=log, stderr=log

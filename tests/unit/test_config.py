@@ -218,3 +218,12 @@ def test_clean_removes_every_declared_output_and_keeps_the_store(tmp_path, monke
         "reports",
     ]
     assert not any((tmp_path / "data").iterdir()) and not (tmp_path / ".cache" / "backup").exists()
+
+
+def test_choices_from_hydras_search_path_are_known(tmp_path):
+    """A group option in a folder added with hydra.searchpath is a valid choice, like Hydra itself finds it."""
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "mine.yaml").write_text((ROOT / "conf" / "dataset" / "mnist.yaml").read_text())
+    check([f"hydra.searchpath=[file://{tmp_path}]", "dataset=mine", "dataset.retries=2"], multirun=False)
+    with pytest.raises(ConfigError, match="no such choice in group 'dataset'"):
+        check(["dataset=mine"], multirun=False)
