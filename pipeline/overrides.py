@@ -81,7 +81,7 @@ def check(overrides: list[str], multirun: bool, conf_dir: Path | str = CONF_DIR)
         else:
             keyed.append(o)
     if keyed:
-        searching = [o.input_line for o in parsed if o.key_or_group == "hydra.searchpath"]
+        searching = [str(o.input_line) for o in parsed if o.key_or_group == "hydra.searchpath"]
         known = _known_keys(chosen, conf_dir, searching)
         for o in keyed:
             key = o.key_or_group
