@@ -88,6 +88,7 @@ class DatasetConfig:
         factory=dict, ok=lambda v: set(v) == set(SPLITS_FILES), allowed="exactly " + ", ".join(SPLITS_FILES)
     )
     num_classes: int = checked(10, ok=lambda v: v >= 2, allowed="an integer >= 2")
+    classes: list[str] = field(default_factory=lambda: [str(d) for d in range(10)])  # names, by label
     timeout: float = checked(30.0, ok=lambda v: v > 0, allowed="seconds > 0")
     retries: int = checked(3, **AT_LEAST_1)
 
@@ -195,6 +196,7 @@ class TrainConfig:
     precision: str = checked("float32", **_one_of(*PRECISIONS))
     deterministic: bool = True
     backup_every: int = checked(500, **AT_LEAST_1)
+    log_every: int = checked(100, **AT_LEAST_1)
     verbose: str = checked("auto", **_one_of(*VERBOSITY))
 
 
@@ -207,6 +209,8 @@ class PathsConfig:
     history: str = "reports/history.csv"
     metrics: str = "reports/metrics.json"
     eval_info: str = "reports/mlflow_eval.json"
+    registry: str = "reports/registry.json"
+    steps: str = "reports/train_steps.csv"
     confusion: str = "reports/confusion.csv"
     per_class: str = "reports/per_class.csv"
     backup_dir: str = ".cache/backup"
@@ -222,6 +226,15 @@ class TrackingConfig:
 
 
 @dataclass
+class RegistryConfig:
+    enabled: bool = True
+    name: str = "mnist-cnn"
+    alias: str = "champion"
+    require_significance: bool = True
+    alpha: float = checked(0.05, ok=lambda v: 0.0 < v < 1.0, allowed="a number in (0, 1)")
+
+
+@dataclass
 class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -234,6 +247,7 @@ class Config:
     )
     paths: PathsConfig = field(default_factory=PathsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
 
 
 def _register() -> None:
@@ -278,6 +292,11 @@ def validate(raw: Any, source: str = "config") -> Config:
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{source}: {_describe(exc, schema)}") from None
     _check_fields(cfg, "", source)
+    if len(cfg.dataset.classes) != cfg.dataset.num_classes:
+        raise ConfigError(
+            f"{source}: bad value for 'dataset.classes': {len(cfg.dataset.classes)} names; allowed: one name per "
+            f"class, dataset.num_classes={cfg.dataset.num_classes}"
+        )
     return cfg
 
 

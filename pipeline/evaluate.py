@@ -44,6 +44,9 @@ class EvalResult:
     metrics: dict[str, float]  # test_loss, test_accuracy, test_samples
     per_class_accuracy: list[float]
     confusion: np.ndarray  # [actual, predicted] counts
+    predictions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # predicted class per test image
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # the test labels
+    digest: str = ""  # the test set's content (registry.test_digest): models compare only on the same one
     report_paths: list[Path] = field(default_factory=list)  # the files written: metrics, per-class, confusion
 
 
@@ -73,7 +76,7 @@ def score(model: keras.Model, x: np.ndarray, y: np.ndarray, num_classes: int) ->
     loss = float(np.mean(keras.losses.sparse_categorical_crossentropy(y, probs)))
     per_class = (cm.diagonal() / np.maximum(cm.sum(axis=1), 1)).tolist()
     metrics = {"test_loss": loss, "test_accuracy": accuracy, "test_samples": len(y)}
-    return EvalResult(metrics, per_class, cm)
+    return EvalResult(metrics, per_class, cm, predictions=pred, labels=np.asarray(y))
 
 
 def evaluate(cfg: Config) -> EvalResult:
@@ -83,6 +86,9 @@ def evaluate(cfg: Config) -> EvalResult:
     model = load_model(paths.model)
     x, y = load_split(paths.processed_dir, "test", cfg.dataset.num_classes)
     result = score(model, x, y, cfg.dataset.num_classes)
+    from pipeline.registry import test_digest
+
+    result.digest = test_digest(x, y)
     write_reports(cfg, result)
     log.info("test_accuracy %.4f, test_loss %.4f", result.metrics["test_accuracy"], result.metrics["test_loss"])
     return result
@@ -139,6 +145,33 @@ def log_evaluation(cfg: Config, result: EvalResult, model_id: str | None) -> Non
         tracking.log_artifact(path, "reports")
     title = f"test accuracy {result.metrics['test_accuracy']:.4f}"
     tracking.retry(mlflow.log_figure, confusion_figure(result.confusion, title), "plots/confusion_matrix.png")
+    from pipeline.registry import log_predictions
+
+    log_predictions(result.predictions, result.labels)
+
+
+def gate(cfg: Config, result: EvalResult, model_id: str | None, run_id: str) -> dict[str, object]:
+    """The registry gate for this evaluation (:mod:`pipeline.registry`); writes and returns the decision."""
+    from pipeline.registry import gate as registry_gate
+
+    if not cfg.registry.enabled or model_id is None:
+        why = "registry.enabled is false" if not cfg.registry.enabled else "no model was logged (tracking.log_model)"
+        report: dict[str, object] = {"registered": False, "reason": why}
+    else:
+
+        def predict(model_uri: str) -> np.ndarray:  # another model on this test set (a champion scored elsewhere)
+            import mlflow
+
+            x, _ = load_split(cfg.paths.processed_dir, "test", cfg.dataset.num_classes)
+            return np.asarray(mlflow.pyfunc.load_model(model_uri).predict(x)).argmax(axis=1)
+
+        decision = registry_gate(
+            cfg.registry, model_id, run_id, result.predictions, result.labels, result.digest, predict
+        )
+        print(f"registry: {decision.summary()}", flush=True)
+        report = {"registered": True, **decision.as_dict()}
+    write_json(cfg.paths.registry, report)
+    return report
 
 
 def main() -> None:
@@ -146,11 +179,12 @@ def main() -> None:
     cfg = load_params()
     from pipeline import tracking
 
-    remove(cfg.paths.eval_info)
+    remove(cfg.paths.eval_info, cfg.paths.registry)
     trained = tracking.RunRecord.read(cfg.paths.run_info)
     with tracking.evaluation_run(cfg, trained) as run:
         result = evaluate(cfg)
         log_evaluation(cfg, result, trained.model_id)
+        gate(cfg, result, trained.model_id, run.info.run_id)
     tracking.record_of(run, trained.model_id, trained.run_id).write(cfg.paths.eval_info)
 
 

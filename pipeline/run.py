@@ -46,7 +46,7 @@ from pipeline.overrides import prepare_argv
 log = logging.getLogger(__name__)
 
 #: The job outputs that move into Hydra's job output folder.
-JOB_OUTPUTS = ("model", "run_info", "eval_info", "history", "metrics", "confusion", "per_class")
+JOB_OUTPUTS = ("model", "run_info", "eval_info", "registry", "steps", "history", "metrics", "confusion", "per_class")
 #: Where a multirun's parent MLflow run is recorded, inside the sweep folder.
 PARENT_RUN_FILE = "mlflow_parent_run.json"
 
@@ -122,7 +122,7 @@ def run_job(raw: DictConfig) -> float:
     import mlflow
 
     from pipeline import tracking
-    from pipeline.evaluate import evaluate, log_evaluation
+    from pipeline.evaluate import evaluate, gate, log_evaluation
     from pipeline.prepare import ensure_data
     from pipeline.train import epoch_logger, log_training, train
 
@@ -155,11 +155,12 @@ def run_job(raw: DictConfig) -> float:
         overrides_logged = {"overrides": redact.redact_tree(overrides), "command": redact.redact(override_str)}
         tracking.retry(mlflow.log_dict, overrides_logged, "config/overrides.yaml")
         tracking.record_of(run).write(job_cfg.paths.run_info)  # the run is open: its record exists
-        trained = train(job_cfg, callbacks=[epoch_logger()])
+        trained = train(job_cfg, callbacks=[epoch_logger(cfg.train.log_every)])
         model_id = log_training(cfg, trained)
         tracking.record_of(run, model_id).write(job_cfg.paths.run_info)
         result = evaluate(job_cfg)
         log_evaluation(cfg, result, model_id)
+        gate(job_cfg, result, model_id, run.info.run_id)
         value = objective(trained.history, result.metrics, cfg)
         tracking.log_metrics({"objective": value})
     tracking.record_of(run, model_id, run.info.run_id).write(job_cfg.paths.eval_info)

@@ -30,9 +30,11 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
@@ -132,6 +134,22 @@ def results_rows(children: list[Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def add_significance(rows: list[dict[str, Any]], load: Callable[[str], tuple[np.ndarray, np.ndarray] | None]) -> None:
+    """Each row's McNemar p-value against the best job, on the same test images (``p_vs_best``): which
+    differences in the table are real. ``load(run_id)`` gives a job's (predicted classes, labels), or None."""
+    from pipeline.registry import mcnemar
+
+    scored = [r for r in rows if _is_number(r["test_accuracy"])]
+    best = load(scored[0]["run_id"]) if scored else None
+    for row in rows:
+        row["p_vs_best"] = None
+        if best is None or row is scored[0] or row not in scored:
+            continue
+        other = load(row["run_id"])
+        if other is not None and np.array_equal(other[1], best[1]):  # the same test set
+            row["p_vs_best"] = mcnemar(best[0] == best[1], other[0] == other[1])[2]
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not math.isnan(v)
 
@@ -140,6 +158,8 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
     cols = list(COLUMNS)
     if any(r["val_accuracy"] is not None for r in rows):
         cols.append("val_accuracy")
+    if any(r.get("p_vs_best") is not None for r in rows):
+        cols.append("p_vs_best")
     return [*cols, "status", "run_id"]
 
 
@@ -147,7 +167,7 @@ def _fmt(key: str, v: Any) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.2f}" if key == "train_time_s" else f"{v:.4f}"
+        return {"train_time_s": f"{v:.2f}", "p_vs_best": f"{v:.3g}"}.get(key, f"{v:.4f}")
     return str(v)
 
 
@@ -250,6 +270,7 @@ class SweepCallback(Callback):
                 max_results=MAX_CHILDREN,
             )
             rows = results_rows(children)
+            add_significance(rows, self._predictions)
             table = format_table(rows) if rows else "(no child runs)"
             print(
                 f"\nSweep results ({len(rows)} runs, parent {self.parent_run_id}), best test_accuracy first:\n{table}",
@@ -292,6 +313,16 @@ class SweepCallback(Callback):
 
         data = {c: [r[c] for r in rows] for c in _columns(rows)}
         tracking.retry(client.log_table, self.parent_run_id, data=data, artifact_file="sweep_results.json")
+
+    def _predictions(self, run_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+        from mlflow.exceptions import MlflowException
+
+        from pipeline.registry import load_predictions
+
+        try:
+            return load_predictions(run_id, self.tracking_uri)
+        except (MlflowException, OSError):  # a job that failed before its evaluation
+            return None
 
     def _finish_if_running(self) -> None:
         """Exit hook: a sweep that did not reach on_multirun_end leaves no RUNNING parent behind."""

@@ -54,6 +54,7 @@ class TrainResult:
     model: keras.Model
     model_path: Path
     history_path: Path
+    steps_path: Path  # the training curve: every train.log_every steps
     parameters: int
     samples: int
     train_seconds: float  # wall time of model.fit
@@ -119,6 +120,57 @@ def fit_verbosity(train: TrainConfig) -> int:
     return int(train.verbose)
 
 
+def step_of(epoch: int, batch: int, steps_per_epoch: int) -> int:
+    """The global training step (1-based) after ``batch`` (0-based) of ``epoch`` (0-based)."""
+    return epoch * steps_per_epoch + batch + 1
+
+
+@cache
+def step_curve() -> type:
+    """A Keras callback that, every ``every`` steps, appends (step, epoch, loss, accuracy) to a CSV file (the
+    training curve, a DVC plot) and, when ``progress``, logs a line with the rate and the time left: a
+    one-epoch run still has a curve, and a log shows how training goes."""
+    import keras
+
+    class StepCurve(keras.callbacks.Callback):
+        def __init__(self, path: Path, every: int, progress: bool) -> None:
+            super().__init__()
+            self.path, self.every, self.progress = Path(path), every, progress
+
+        def on_train_begin(self, logs: Any = None) -> None:
+            self.file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 (closed in on_train_end)
+            self.file.write("step,epoch,loss,accuracy\n")
+            self.steps, self.epochs = int(self.params.get("steps") or 0), int(self.params.get("epochs") or 1)
+            self.start, self.first_step = time.perf_counter(), 0
+
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            step = step_of(self.epoch, batch, self.steps)
+            if not self.first_step:  # a resumed fit starts past step 1
+                self.first_step, self.start = step, time.perf_counter()
+            if step % self.every and batch + 1 != self.steps:
+                return
+            logs = logs or {}
+            loss, accuracy = float(logs.get("loss", float("nan"))), float(logs.get("accuracy", float("nan")))
+            self.file.write(f"{step},{self.epoch},{loss:.6f},{accuracy:.6f}\n")
+            self.file.flush()
+            if self.progress:
+                total, done = self.steps * self.epochs, step - self.first_step + 1
+                per_step = (time.perf_counter() - self.start) / done
+                log.info(
+                    "epoch %d/%d step %d/%d (%d%%): loss %.4f accuracy %.4f, %.1f ms/step, %.0f s left",
+                    self.epoch + 1, self.epochs, step, total, 100 * step // max(total, 1), loss, accuracy,
+                    1000 * per_step, per_step * (total - step),
+                )  # fmt: skip
+
+        def on_train_end(self, logs: Any = None) -> None:
+            self.file.close()
+
+    return StepCurve
+
+
 def compile_model(cfg: Config, precision: str) -> keras.Model:
     import keras
 
@@ -139,7 +191,7 @@ def train(cfg: Config, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Tr
     import keras
 
     paths, t = cfg.paths, cfg.train
-    remove(paths.model, paths.history)  # a failed run must not leave the previous model looking current
+    remove(paths.model, paths.history, paths.steps)  # a failed run must not leave the previous model looking current
     x, y = load_split(paths.processed_dir, "train", cfg.dataset.num_classes)
     if t.subset is not None:
         x, y = x[: t.subset], y[: t.subset]
@@ -154,7 +206,7 @@ def train(cfg: Config, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Tr
         if backup.exists():
             log.warning("resuming an interrupted training from %s", backup)
         start = time.perf_counter()
-        with atomic_path(paths.history) as history_tmp:
+        with atomic_path(paths.history) as history_tmp, atomic_path(paths.steps) as steps_tmp:
             hist = model.fit(
                 x,
                 y,
@@ -166,6 +218,7 @@ def train(cfg: Config, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Tr
                 callbacks=[
                     atomic_backup_and_restore()(str(backup), save_freq=t.backup_every),
                     keras.callbacks.CSVLogger(str(history_tmp)),
+                    step_curve()(steps_tmp, t.log_every, progress=fit_verbosity(t) == 2),
                     *callbacks,
                 ],
             )
@@ -177,6 +230,7 @@ def train(cfg: Config, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Tr
         model=model,
         model_path=Path(paths.model),
         history_path=Path(paths.history),
+        steps_path=Path(paths.steps),
         parameters=model.count_params(),
         samples=len(x),
         train_seconds=train_seconds,
@@ -189,15 +243,26 @@ def train(cfg: Config, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Tr
 # --------------------------------------------------------------------------- logging, for the caller
 
 
-def epoch_logger() -> keras.callbacks.Callback:
-    """A Keras callback logging each epoch's metrics (and its wall time) to the active run in one call."""
+def epoch_logger(log_every: int = 100) -> keras.callbacks.Callback:
+    """A Keras callback logging to the active run: each epoch's metrics and wall time (step = epoch), and
+    every ``log_every`` steps the running loss and accuracy as ``batch_loss``, ``batch_accuracy`` (step =
+    the global training step: the curve of a one-epoch run)."""
     import keras
 
     from pipeline import tracking
 
     class EpochLogger(keras.callbacks.Callback):
+        def on_train_begin(self, logs: Any = None) -> None:
+            self.steps = int(self.params.get("steps") or 0)
+
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-            self._start = time.perf_counter()
+            self.epoch, self._start = epoch, time.perf_counter()
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            step = step_of(self.epoch, batch, self.steps)
+            if step % log_every == 0 or batch + 1 == self.steps:
+                logs = logs or {}
+                tracking.log_metrics({f"batch_{k}": v for k, v in logs.items() if k in ("loss", "accuracy")}, step=step)
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             tracking.log_metrics({**(logs or {}), "epoch_time_s": time.perf_counter() - self._start}, step=epoch)
@@ -263,6 +328,7 @@ def log_training(cfg: Config, result: TrainResult) -> str | None:
     )
     tracking.set_tags({"precision": result.precision})
     tracking.log_artifact(result.history_path, "reports")
+    tracking.log_artifact(result.steps_path, "reports")
     if cfg.tracking.log_model:
         return log_model(result.model, result.example, tracking.config_params(cfg))
     return None
@@ -275,7 +341,7 @@ def main() -> None:
 
     remove(cfg.paths.run_info)
     with tracking.start_run(cfg) as run:
-        result = train(cfg, callbacks=[epoch_logger()])
+        result = train(cfg, callbacks=[epoch_logger(cfg.train.log_every)])
         model_id = log_training(cfg, result)
     tracking.record_of(run, model_id).write(cfg.paths.run_info)
 

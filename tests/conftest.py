@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Config, compose, validate
+from pipeline.config import Config, PathsConfig, compose, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,8 +40,12 @@ def _absl_logs_to_the_real_stderr() -> None:
 
 
 _absl_logs_to_the_real_stderr()
-#: Test outputs the job runs redirect into Hydra's job folder (the rest point at the session's data).
-OUTPUT_PATHS = ("model", "run_info", "eval_info", "history", "metrics", "confusion", "per_class")
+#: The config's paths a test redirects into its tmp_path: every output (the rest are the session's data).
+OUTPUT_PATHS = tuple(
+    f.name
+    for f in dataclasses.fields(PathsConfig)
+    if f.name not in ("raw_dir", "processed_dir", "backup_dir", "data_cache")
+)
 
 
 def data_cache() -> Path:
@@ -119,17 +123,27 @@ def mirror(mnist) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _project_store_untouched() -> Iterator[None]:
-    """No test writes the project's own MLflow store, its artifacts or its run records: every test's runs go
-    to a store under tmp_path, and that store's files stay beside it."""
+    """No test writes the project's own outputs, MLflow store, its artifacts or its run records: every test's
+    outputs and runs go under tmp_path, and a store's files stay beside it."""
 
     def state() -> dict[str, tuple[int, int]]:
-        names = ("mlflow.db", "mlruns", "mlflow.db-running", "outputs", "multirun")
+        names = (
+            "mlflow.db",
+            "mlruns",
+            "mlflow.db-running",
+            "outputs",
+            "multirun",
+            "data",
+            "models",
+            "reports",
+            ".cache",
+        )
         paths = [p for name in names for p in [ROOT / name, *(ROOT / name).rglob("*")] if p.exists()]
         return {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for p in paths}
 
     before = state()
     yield
-    assert state() == before, "a test wrote into the project's own MLflow store or Hydra folders"
+    assert state() == before, "a test wrote into the project's own outputs, MLflow store or Hydra folders"
 
 
 @pytest.fixture(autouse=True)

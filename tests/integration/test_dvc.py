@@ -93,10 +93,12 @@ def project(tmp_path_factory, mirror, mnist_small, fashion_small):
         params = yaml.safe_load((repo / "params.yaml").read_text())
         params["dataset"] = {**dataclasses.asdict(small), "mirrors": [base.format(SECRETS["params"], small.name)]}
         params["train"].update(subset=300, verbose="0")
+        params["registry"]["name"] = f"{small.name}-cnn"  # as composing conf/ with dataset=mnist_small gives
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         env = stage_env(mirror, DATA_MIRROR="", MLFLOW_TRACKING_PASSWORD=SECRETS["password"])
         first = dvc(repo, env, "repro")
         printed += [first.stdout, first.stderr]
+        registry_first = json.loads((repo / "reports" / "registry.json").read_text())
         outputs_before = {
             p: (repo / p).read_bytes()
             for p in ("data/processed/train.npz", "models/model.keras", "reports/metrics.json")
@@ -153,6 +155,8 @@ def project(tmp_path_factory, mirror, mnist_small, fashion_small):
             f.write("\n# a change to the evaluation code\n")
         reevaluated = dvc(repo, env, "repro")
         printed += [reevaluated.stdout, reevaluated.stderr]
+        registry_again = json.loads((repo / "reports" / "registry.json").read_text())
+        plots = dvc(repo, env, "plots", "show", "-o", str(repo.parent / "plots"))
 
         # 6. Another optimizer in params.yaml: DVC knows the data stages are unaffected.
         params["optimizer"] = {"name": "sgd", "learning_rate": 0.01, "momentum": 0.0, "nesterov": False}
@@ -163,7 +167,7 @@ def project(tmp_path_factory, mirror, mnist_small, fashion_small):
             "changed": json.loads(changed.stdout), "reaps": reaps, "outputs_before": outputs_before,
             "train_before": train_before, "history_before": history_before, "printed": "".join(printed),
             "datasets": {d.name: d for d in (small, fashion_small) if d is not None}, "experiments": experiments,
-            "queue": queue, "shown": shown,
+            "queue": queue, "shown": shown, "registry": (registry_first, registry_again), "plots": plots,
         }  # fmt: skip
     finally:
         httpd.shutdown()
@@ -285,6 +289,36 @@ def test_a_re_evaluation_gets_its_own_run_and_the_trained_run_stays_history(proj
     assert run.data.metrics["test_accuracy"] == before.data.metrics["test_accuracy"]
     model = client.get_logged_model(evaluation["model_id"])
     assert {m.run_id for m in model.metrics if m.key == "test_accuracy"} == {before.info.run_id, run.info.run_id}
+
+
+def test_every_evaluation_goes_through_the_registry_gate(project):
+    """dvc repro's model becomes the first champion; re-evaluating it keeps its version; the queued
+    experiment and the sweep's job register versions of their own, gated under one lock."""
+    first, again = project["registry"]
+    assert (
+        first["registered"] and first["promoted"] and first["reason"] == "no champion yet" and first["version"] == "1"
+    )
+    assert (again["version"], again["reason"], again["promoted"]) == ("1", "already the champion", False)
+    client = store(project["repo"])
+    versions = client.search_model_versions("name='mnist_small-cnn'")
+    assert len(versions) == 3  # dvc repro's model, the queued experiment's, the sweep's mnist_small job
+    champion = client.get_model_version_by_alias("mnist_small-cnn", "champion")
+    for version in versions:
+        full = client.get_model_version("mnist_small-cnn", version.version)
+        assert {"registry.promoted", "registry.p_value", "registry.eval_run_id"} <= set(full.tags)
+    promoted = [
+        v
+        for v in versions
+        if client.get_model_version("mnist_small-cnn", v.version).tags["registry.promoted"] == "True"
+    ]
+    assert str(champion.version) == str(max(int(v.version) for v in promoted))  # the last promotion holds the alias
+
+
+def test_dvc_plots_render_offline(project):
+    """`dvc plots show` uses the project's template (.dvc/config): Vega inline, no CDN."""
+    page = (project["repo"].parent / "plots" / "index.html").read_text()
+    assert "<script src=" not in page and "vega-lite@5.2.0" in page
+    assert "vegaEmbed('#training_curve'" in page and '"title": "training step"' in page  # the curve, its axes
 
 
 def test_changing_the_optimizer_reruns_training_not_the_data_stages(project):

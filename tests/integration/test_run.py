@@ -216,6 +216,8 @@ def test_multirun_over_optimizers_makes_parent_children_and_sorted_table(app, re
     assert accuracies == sorted(accuracies, reverse=True)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"sweep_results.md", "sweep_results.csv", "sweep_results.json"} <= artifacts
+    assert "p_vs_best" in out  # McNemar's p of each job against the best, on the same test images
+    assert table[0][-3] == "-" and 0.0 <= float(table[1][-3]) <= 1.0
 
 
 def test_optuna_learning_rate_search_maximises_validation_accuracy(app, repo_copy):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from pipeline.sweep import format_csv, format_table, results_rows
+import numpy as np
+
+from pipeline.sweep import add_significance, format_csv, format_table, results_rows
 
 
 def fake_run(overrides: str, status: str = "FINISHED", **metrics: float) -> SimpleNamespace:
@@ -29,3 +31,24 @@ def test_results_table_is_sorted_best_first():
     assert [c.strip() for c in lines[2].strip("|").split("|")][:4] == ["optimizer=rmsprop", "0.9200", "0.2500", "3.70"]
     assert [c.strip() for c in lines[4].strip("|").split("|")][:5] == ["optimizer=adam", "-", "-", "-", "FAILED"]
     assert format_csv(rows).splitlines()[1].startswith("optimizer=rmsprop,0.92,0.25,3.7,FINISHED")
+
+
+def test_each_row_shows_mcnemars_p_against_the_best_job():
+    labels = np.arange(1000) % 10
+    rng = np.random.default_rng(0)
+
+    def predictions(accuracy: float) -> np.ndarray:
+        wrong = rng.random(1000) > accuracy
+        return np.where(wrong, (labels + 1) % 10, labels)
+
+    preds = {"id-a": predictions(0.99), "id-b": predictions(0.985), "id-c": predictions(0.90)}
+    runs = [
+        fake_run(name, test_accuracy=float(np.mean(p == labels)))
+        for name, p in (("a", preds["id-a"]), ("b", preds["id-b"]), ("c", preds["id-c"]))
+    ]
+    rows = results_rows(runs)
+    add_significance(rows, lambda run_id: (preds[run_id], labels) if run_id in preds else None)
+    p = {r["overrides"]: r["p_vs_best"] for r in rows}
+    assert p["a"] is None  # the best itself
+    assert p["b"] > 0.05 and p["c"] < 1e-6  # a close second is likely noise; a clear gap is not
+    assert "p_vs_best" in format_table(rows).splitlines()[0]

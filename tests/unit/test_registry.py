@@ -1,0 +1,49 @@
+"""The registry gate's rule, on synthetic predictions: McNemar's exact test and the promotion decision."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from pipeline.config import RegistryConfig
+from pipeline.registry import decide, mcnemar
+
+
+def correctness(
+    n_right_both: int, only_champion: int, only_challenger: int, neither: int
+) -> tuple[np.ndarray, np.ndarray]:
+    champion = [True] * n_right_both + [True] * only_champion + [False] * only_challenger + [False] * neither
+    challenger = [True] * n_right_both + [False] * only_champion + [True] * only_challenger + [False] * neither
+    return np.array(champion), np.array(challenger)
+
+
+def test_mcnemar_counts_the_discordant_images_and_tests_them_exactly():
+    champion, challenger = correctness(900, 10, 30, 60)
+    b, c, p = mcnemar(champion, challenger)
+    assert (b, c) == (10, 30)
+    assert p == pytest.approx(binomtest(30, 40, 0.5).pvalue) and p < 0.01
+    assert mcnemar(champion, champion) == (0, 0, 1.0)
+    with pytest.raises(ValueError, match="different test sets"):
+        mcnemar(champion, challenger[:-1])
+
+
+@pytest.mark.parametrize(
+    ("counts", "cfg", "promote", "reason"),
+    [
+        ((900, 10, 30, 60), RegistryConfig(), True, "more accurate, significantly (p < 0.05)"),  # better
+        ((900, 30, 10, 60), RegistryConfig(), False, "not more accurate"),  # worse
+        ((900, 20, 20, 60), RegistryConfig(), False, "not more accurate"),  # equal
+        ((900, 0, 0, 100), RegistryConfig(), False, "not more accurate"),  # a deterministic rerun
+        ((900, 20, 25, 55), RegistryConfig(), False, "more accurate, but not significantly (p >= 0.05)"),
+        ((900, 20, 25, 55), RegistryConfig(require_significance=False), True, "more accurate"),
+    ],
+)
+def test_the_gate_promotes_only_a_real_improvement(counts, cfg, promote, reason):
+    champion, challenger = correctness(*counts)
+    decided = decide(challenger, champion, cfg)
+    assert decided[:2] == (promote, reason)
+
+
+def test_the_first_model_becomes_champion():
+    assert decide(np.array([True, False]), None, RegistryConfig())[:2] == (True, "no champion yet")
