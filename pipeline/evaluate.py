@@ -47,6 +47,7 @@ class EvalResult:
     predictions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # predicted class per test image
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # the test labels
     digest: str = ""  # the test set's content (registry.test_digest): models compare only on the same one
+    inputs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # the test images scored
     report_paths: list[Path] = field(default_factory=list)  # the files written: metrics, per-class, confusion
 
 
@@ -88,7 +89,7 @@ def evaluate(cfg: Config) -> EvalResult:
     result = score(model, x, y, cfg.dataset.num_classes)
     from pipeline.registry import test_digest
 
-    result.digest = test_digest(x, y)
+    result.digest, result.inputs = test_digest(x, y), x
     write_reports(cfg, result)
     log.info("test_accuracy %.4f, test_loss %.4f", result.metrics["test_accuracy"], result.metrics["test_loss"])
     return result
@@ -140,6 +141,7 @@ def log_evaluation(cfg: Config, result: EvalResult, model_id: str | None) -> Non
         return
 
     per_class = {f"test_accuracy_class_{c}": a for c, a in enumerate(result.per_class_accuracy)}
+    tracking.log_dataset(cfg, result.inputs, result.labels, split="test", context="evaluation")
     tracking.log_metrics({**result.metrics, **per_class}, model_id=model_id)
     for path in result.report_paths:
         tracking.log_artifact(path, "reports")

@@ -37,6 +37,7 @@ import socket
 import subprocess
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,8 @@ from pipeline.files import exclusive_lock, user_cache_dir, write_json
 from pipeline.redact import redact, redact_tree
 
 T = TypeVar("T")
+#: MLflow 3's UI opens an experiment in the view its kind names; without it, the GenAI view (traces).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 SERVER_SCHEMES = ("http", "https", "databricks")
 #: Tag of a run or logged model naming the attempt that created it, so a retry can find it.
 ATTEMPT_TAG = "pipeline.attempt"
@@ -140,9 +143,17 @@ def setup(tracking: TrackingConfig) -> str:
     with exclusive_lock(db.with_name(db.name + ".lock")) if db else contextlib.nullcontext():
         client = mlflow.MlflowClient()
         exp = retry(client.get_experiment_by_name, tracking.experiment)
-        if exp is not None:
-            return exp.experiment_id
-        return retry(client.create_experiment, tracking.experiment, artifact_location=artifact_location(uri))
+        if exp is None:
+            return retry(
+                client.create_experiment,
+                tracking.experiment,
+                artifact_location=artifact_location(uri),
+                tags=EXPERIMENT_KIND,
+            )
+        if not set(EXPERIMENT_KIND) & set(exp.tags):  # made before this setting, or elsewhere: never overridden
+            for key, value in EXPERIMENT_KIND.items():
+                retry(client.set_experiment_tag, exp.experiment_id, key, value)
+        return exp.experiment_id
 
 
 def create_run(client: mlflow.MlflowClient, experiment_id: str, run_name: str | None, tags: dict[str, str]) -> str:
@@ -265,6 +276,18 @@ def run_tags(cfg: Config, extra: dict[str, str] | None = None) -> dict[str, str]
     return {k: redact(str(v)) for k, v in tags.items()}
 
 
+def default_run_name(cfg: Config) -> str:
+    """What a run is called unless ``tracking.run_name`` says: the DVC experiment's name under ``dvc exp run``,
+    else what usually differs between runs (``adam-lr0.001-bs32``), not one of MLflow's random names."""
+    if os.environ.get("DVC_EXP_NAME"):
+        return os.environ["DVC_EXP_NAME"]
+    t = cfg.train
+    name = f"{cfg.optimizer.name}-lr{cfg.optimizer.learning_rate * t.lr_scale:g}-bs{t.batch_size}"
+    if t.epochs != 1:
+        name += f"-e{t.epochs}"
+    return name if cfg.dataset.name == "mnist" else f"{cfg.dataset.name}-{name}"
+
+
 def config_params(cfg: Config) -> dict[str, str]:
     """Every config value as a param with a dotted key (``optimizer.name``), secrets masked."""
     return {k: str(v) for k, v in flatten(redact_tree(to_dict(cfg))).items()}
@@ -289,7 +312,8 @@ def start_run(
             all_tags = run_tags(cfg, tags)
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id
-            run_id = create_run(client, experiment_id, redact(run_name or cfg.tracking.run_name), all_tags)
+            name = run_name or cfg.tracking.run_name or default_run_name(cfg)
+            run_id = create_run(client, experiment_id, redact(name), all_tags)
         status: str | None = "FAILED"
         try:
             record_add(uri, run_id)
@@ -329,6 +353,27 @@ def log_metrics(metrics: dict[str, float], step: int | None = None, model_id: st
 def log_artifact(path: Path | str, artifact_path: str | None = None) -> None:
     if active():
         retry(mlflow.log_artifact, str(path), artifact_path)
+
+
+def log_dataset(cfg: Config, x: Any, y: Any, split: str, context: str) -> None:
+    """Record the data a run used as an MLflow dataset input (the runs list's Dataset column): named
+    ``<dataset>-<split>``, its digest from the content hashes of the verified files and of the preparing
+    code, with the subset; its source the processed file."""
+    if not active():
+        return
+    from mlflow.data.numpy_dataset import from_numpy
+
+    from pipeline.closure import source_hash
+
+    subset = cfg.train.subset if split == "train" else None
+    name = f"{cfg.dataset.name}-{split}" + (f"[:{subset}]" if subset else "")
+    made_by = source_hash("pipeline.preprocess")  # the same content, prepared by other code, is other data
+    digest = hashlib.sha256(f"{cfg.dataset.content_hash()}:{made_by}:{split}:{subset}".encode()).hexdigest()[:16]
+    source = str((Path(cfg.paths.processed_dir) / f"{split}.npz").resolve())
+    with warnings.catch_warnings():  # MLflow registers two local-file source types and says so on each call
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        dataset = from_numpy(features=x, targets=y, source=source, name=name, digest=digest)
+    retry(mlflow.log_input, dataset, context=context)
 
 
 def set_tags(tags: dict[str, str]) -> None:

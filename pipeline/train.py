@@ -59,6 +59,7 @@ class TrainResult:
     samples: int
     train_seconds: float  # wall time of model.fit
     example: np.ndarray  # one training input: the logged model's signature
+    inputs: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))  # the training data (x, y) it fitted
     history: dict[str, list[float]] = field(default_factory=dict)
     precision: str = "float32"
 
@@ -235,6 +236,7 @@ def train(cfg: Config, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Tr
         samples=len(x),
         train_seconds=train_seconds,
         example=x[:1],
+        inputs=(x, y),
         history={k: [float(v) for v in vs] for k, vs in hist.history.items()},
         precision=precision,
     )
@@ -327,6 +329,7 @@ def log_training(cfg: Config, result: TrainResult) -> str | None:
         {"train_time_s": result.train_seconds, "parameters": result.parameters, "train_samples": result.samples}
     )
     tracking.set_tags({"precision": result.precision})
+    tracking.log_dataset(cfg, *result.inputs, split="train", context="training")
     tracking.log_artifact(result.history_path, "reports")
     tracking.log_artifact(result.steps_path, "reports")
     if cfg.tracking.log_model:

@@ -201,6 +201,7 @@ def test_dvc_repro_runs_four_stages_into_one_finished_run(project):
     assert run.info.status == "FINISHED" and run.data.metrics["test_accuracy"] == metrics["test_accuracy"]
     assert run.data.params["train.subset"] == "300" and run.data.tags["dvc"] == "true"
     assert run.data.params["dataset.name"] == "mnist_small" and metrics["test_samples"] == 1000
+    assert run.info.run_name == "mnist_small-adam-lr0.001-bs32"
     assert re.fullmatch(r"[0-9a-f]{40}", run.data.tags["git_commit"])
     exp = store(repo).get_experiment(run.info.experiment_id)
     assert exp.artifact_location == (repo / "mlruns").as_uri()  # the store's files beside the store
@@ -268,6 +269,7 @@ def test_queued_experiments_log_to_the_project_store_and_are_shown(project):
     for name in names:
         run, data = runs[name], shown[name]
         assert run.info.status == "FINISHED" and run.data.tags["dvc"] == "true"
+        assert run.info.run_name == name  # a DVC experiment's run carries the experiment's name
         assert data["params"]["params.yaml"]["data"]["optimizer"]["name"] == run.data.params["optimizer.name"]
         assert data["metrics"]["reports/metrics.json"]["data"]["test_accuracy"] == pytest.approx(
             run.data.metrics["test_accuracy"]

@@ -43,6 +43,11 @@ def test_train_evaluate_one_mlflow_run(make_cfg):
     client = client_for(cfg)
     r = client.get_run(run.info.run_id)
     assert r.info.status == "FINISHED"
+    assert r.info.run_name == "mnist_small-sgd-lr0.01-bs32-e2"  # what differs, not a random name
+    experiment = client.get_experiment(r.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's model-training view
+    inputs = {(i.dataset.name, i.tags[0].value) for i in r.inputs.dataset_inputs}
+    assert inputs == {("mnist_small-train[:512]", "training"), ("mnist_small-test", "evaluation")}
     assert r.data.params["optimizer.name"] == "sgd"
     assert r.data.params["optimizer.learning_rate"] == "0.01"
     assert r.data.params["train.batch_size"] == "32" and r.data.params["train.subset"] == "512"
