@@ -9,7 +9,10 @@ BIN := $(abspath $(VENV))/bin
 # DVC runs each stage's `python -m ...` through the shell with our PATH: put the venv first.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run ui test test-unit test-slow lint format params clean
+SERVE_PORT ?= 5001
+SWEEP ?= optimizer=sgd,rmsprop,adam
+
+.PHONY: install run ui sweep predict serve test test-unit test-slow lint format params clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +27,15 @@ run: install  ## download -> preprocess -> train -> evaluate, each only if its i
 
 ui: install  ## MLflow UI over the store in params.yaml (tracking.uri), on 127.0.0.1 unless HOST says otherwise
 	python -m pipeline.tracking ui --host $(HOST) --port $(PORT)
+
+sweep: install  ## a Hydra sweep (SWEEP="optimizer=sgd,rmsprop,adam"), each job gated by the registry
+	python -m pipeline.run -m $(SWEEP)
+
+predict: install  ## the champion on your images: make predict IMAGES="photo.jpg scan.png"
+	python -m pipeline.predict $(IMAGES)
+
+serve: install  ## REST API of the champion (mlflow models serve) on 127.0.0.1:$(SERVE_PORT) unless HOST says otherwise
+	python -m pipeline.tracking serve --host $(HOST) --port $(SERVE_PORT)
 
 test: install  ## unit + integration tests (small real subsets of MNIST)
 	pytest

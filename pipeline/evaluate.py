@@ -165,7 +165,7 @@ def gate(cfg: Config, result: EvalResult, model_id: str | None, run_id: str) -> 
             import mlflow
 
             x, _ = load_split(cfg.paths.processed_dir, "test", cfg.dataset.num_classes)
-            return np.asarray(mlflow.pyfunc.load_model(model_uri).predict(x)).argmax(axis=1)
+            return np.asarray(mlflow.keras.load_model(model_uri).predict(x, verbose=0)).argmax(axis=1)
 
         decision = registry_gate(
             cfg.registry, model_id, run_id, result.predictions, result.labels, result.digest, predict

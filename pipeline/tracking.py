@@ -446,8 +446,10 @@ def evaluation_run(cfg: Config, trained: RunRecord) -> Iterator[mlflow.ActiveRun
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m pipeline.tracking uri`` prints the store the pipeline logs to (``tracking.uri`` of
-    params.yaml, or ``$MLFLOW_TRACKING_URI``); ``python -m pipeline.tracking ui [mlflow ui options]`` opens
-    the MLflow UI over it (``make ui``), with the same artifact folder, so the store is declared once."""
+    params.yaml, or ``$MLFLOW_TRACKING_URI``); ``champion`` prints the registry's champion model URI
+    (``models:/mnist-cnn@champion``); ``ui [mlflow ui options]`` opens the MLflow UI over the store
+    (``make ui``), with the same artifact folder; ``serve [options]`` serves the champion
+    (``make serve``). So the store and the model's name are declared once, in the config."""
     import sys
 
     from pipeline.config import load_params
@@ -455,15 +457,21 @@ def main(argv: list[str] | None = None) -> None:
 
     args = sys.argv[1:] if argv is None else argv
     with user_errors():
-        uri = tracking_uri(load_params(project_root() / "params.yaml").tracking)
+        cfg = load_params(project_root() / "params.yaml")
+    uri, champion = tracking_uri(cfg.tracking), f"models:/{cfg.registry.name}@{cfg.registry.alias}"
     if args[:1] == ["uri"]:
         print(uri)
+    elif args[:1] == ["champion"]:
+        print(champion)
+    elif args[:1] == ["serve"]:
+        os.environ["MLFLOW_TRACKING_URI"] = uri  # else MLflow looks for ./mlflow.db wherever this runs
+        os.execvp("mlflow", ["mlflow", "models", "serve", "-m", champion, "--env-manager", "local", *args[1:]])
     elif args[:1] == ["ui"]:
         artifacts = artifact_location(uri)
         extra = ["--default-artifact-root", artifacts] if artifacts else []
         os.execvp("mlflow", ["mlflow", "ui", "--backend-store-uri", uri, *extra, *args[1:]])
     else:
-        fail("usage: python -m pipeline.tracking uri | ui [mlflow ui options]")
+        fail("usage: python -m pipeline.tracking uri | champion | ui [mlflow ui options] | serve [options]")
 
 
 if __name__ == "__main__":
