@@ -66,5 +66,5 @@ def test_colour_and_arrays_are_accepted():
 
 
 def test_a_blank_image_is_refused_by_name():
-    with pytest.raises(DataError, match="blank.png: no digit found"):
+    with pytest.raises(DataError, match=r"blank\.png: no digit found"):
         to_mnist(Image.new("L", (40, 40), 200), name="blank.png")
