@@ -9,3 +9,5 @@ import os
 
 # TensorFlow's C++ INFO lines (oneDNN notices, CPU feature banners) drown the pipeline's own output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+# MLflow draws a progress bar for every artifact download (the registry gate fetches one): noise in a log.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

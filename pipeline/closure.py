@@ -6,7 +6,8 @@ which the test of ``dvc.yaml`` compares with each stage's ``deps`` so they canno
 closure's source, part of the key of the Hydra app's prepared-data cache (:mod:`pipeline.prepare`), so a
 change to the preparing code prepares the data again.
 
-Run ``python -m pipeline.closure pipeline.train`` to print a module's closure as ``dvc.yaml`` lists it.
+Run ``python -m pipeline.closure pipeline.train`` to print a module's closure as ``dvc.yaml`` lists it, and
+``python -m pipeline.closure --update dvc.yaml`` to rewrite each stage's code deps from the source.
 """
 
 from __future__ import annotations
@@ -89,7 +90,35 @@ def source_hash(module: str) -> str:
     return h.hexdigest()
 
 
+def update_dvc_yaml(path: Path) -> bool:
+    """Rewrite each stage's ``pipeline/*.py`` deps in ``path`` as the closure of its ``python -m`` module
+    (other lines untouched); return whether anything changed."""
+    import re
+
+    text = path.read_text(encoding="utf-8")
+    out: list[str] = []
+    module = None
+    for line in text.splitlines(keepends=True):
+        if m := re.search(r"cmd: python -m (pipeline\.\w+)", line):
+            module = m.group(1)
+        if re.fullmatch(r"\s+- pipeline/\S+\.py\n?", line):
+            if module is not None:
+                indent = line[: len(line) - len(line.lstrip())]
+                out += [f"{indent}- {rel.as_posix()}\n" for rel in closure(module)]
+                module = None  # the block is written once, at its first line
+            continue
+        out.append(line)
+    new = "".join(out)
+    if new != text:
+        path.write_text(new, encoding="utf-8")
+    return new != text
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--update"]:
+        target = Path(sys.argv[2] if len(sys.argv) > 2 else "dvc.yaml")
+        print(f"{target}: " + ("code deps rewritten" if update_dvc_yaml(target) else "up to date"))
+        return
     for module in sys.argv[1:] or [PACKAGE]:
         print(f"{module}:")
         for rel in closure(module):

@@ -21,6 +21,7 @@ import hashlib
 import io
 import logging
 import os
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -127,8 +128,13 @@ class _Prefixed(io.RawIOBase):
 
 
 def _fetch_one(base: str, spec: FileSpec, dest: Path, timeout: float) -> None:
-    """Stream, decompress (bounded by spec.size), hash, and rename into place only if verified."""
-    with _open(base, spec.file, timeout) as stream, atomic_path(dest) as tmp:
+    """Stream, decompress (bounded by spec.size), hash, and rename into place only if verified.
+
+    In a terminal a progress bar (tqdm) shows the bytes; in a log, the caller writes one line per file."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=spec.size, unit="B", unit_scale=True, desc=spec.file, leave=False, disable=not sys.stderr.isatty())
+    with bar, _open(base, spec.file, timeout) as stream, atomic_path(dest) as tmp:
         h = hashlib.sha256()
         total = 0
         try:
@@ -144,6 +150,7 @@ def _fetch_one(base: str, spec: FileSpec, dest: Path, timeout: float) -> None:
                         )
                     h.update(chunk)
                     out.write(chunk)
+                    bar.update(len(chunk))
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise MirrorFailure(f"truncated or corrupt gzip ({exc})", transient=True) from None
         except (TimeoutError, ConnectionError) as exc:
@@ -185,8 +192,11 @@ def download(dataset: DatasetConfig, raw_dir: Path | str, env: dict[str, str] | 
         if is_verified(dest, spec):
             result.sources[key] = "cached"
         else:
+            start = time.perf_counter()
             result.sources[key] = fetch(spec, dest, mirrors, dataset.timeout, dataset.retries)
-            log.info("%s: verified, from %s", dest, result.sources[key])
+            seconds = time.perf_counter() - start
+            log.info("%s: %.1f MB verified in %.1f s (%.1f MB/s), from %s", dest, spec.size / 1e6, seconds,
+                     spec.size / 1e6 / max(seconds, 1e-9), result.sources[key])  # fmt: skip
         result.files[key] = dest
     return result
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import csv
 import logging
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +33,7 @@ from pipeline.config import Config, load_params
 from pipeline.data import load_split
 from pipeline.errors import DataError, run_cli
 from pipeline.files import atomic_path, remove, write_json
+from pipeline.runtime import import_tensorflow
 
 # TensorFlow and MLflow are imported where used: a bad params.yaml is reported before either loads.
 if TYPE_CHECKING:
@@ -53,6 +56,7 @@ class EvalResult:
 
 def load_model(path: Path | str) -> keras.Model:
     """Load a Keras model with safe_mode (no arbitrary code from lambdas); a bad file names itself."""
+    import_tensorflow()
     import keras
 
     path = Path(path)
@@ -65,9 +69,13 @@ def load_model(path: Path | str) -> keras.Model:
 
 
 def score(model: keras.Model, x: np.ndarray, y: np.ndarray, num_classes: int) -> EvalResult:
+    import_tensorflow()
     import keras
 
-    probs = np.asarray(model.predict(x, batch_size=1000, verbose=0), dtype=np.float32)
+    start = time.perf_counter()
+    probs = np.asarray(model.predict(x, batch_size=1000, verbose=1 if sys.stdout.isatty() else 0), dtype=np.float32)
+    elapsed = time.perf_counter() - start
+    log.info("scored %d test images in %.1f s (%.0f images/s)", len(x), elapsed, len(x) / max(elapsed, 1e-9))
     pred = probs.argmax(axis=1)
     cm = np.bincount(y.astype(np.int64) * num_classes + pred, minlength=num_classes**2).reshape(num_classes, -1)
     accuracy = float(np.trace(cm) / len(y))
@@ -170,7 +178,6 @@ def gate(cfg: Config, result: EvalResult, model_id: str | None, run_id: str) -> 
         decision = registry_gate(
             cfg.registry, model_id, run_id, result.predictions, result.labels, result.digest, predict
         )
-        print(f"registry: {decision.summary()}", flush=True)
         report = {"registered": True, **decision.as_dict()}
     write_json(cfg.paths.registry, report)
     return report

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 
-import keras
-from keras import layers
-
 from pipeline.config import ModelConfig, OptimizerConfig
+from pipeline.runtime import import_tensorflow
+
+import_tensorflow()  # before Keras: its start-up notices once
+
+import keras  # noqa: E402
+from keras import layers  # noqa: E402
 
 SEED_PARAMETERS = 1_676_266
 

@@ -37,6 +37,7 @@ from pipeline.config import Config, TrainConfig, config_hash, load_params
 from pipeline.data import load_split
 from pipeline.errors import run_cli
 from pipeline.files import atomic_path, exclusive_lock, remove, write_json
+from pipeline.runtime import import_tensorflow
 
 # TensorFlow (4-5 s to import) and MLflow (1.5 s) are imported where used, so a bad params.yaml is
 # reported at once, before either loads.
@@ -189,6 +190,7 @@ def compile_model(cfg: Config, precision: str) -> keras.Model:
 
 def train(cfg: Config, callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
     """Fit the model described by ``cfg`` and save it to ``cfg.paths.model``; ``callbacks`` join Keras' fit."""
+    import_tensorflow()
     import keras
 
     paths, t = cfg.paths, cfg.train

@@ -18,6 +18,7 @@ import gzip
 import http.server
 import json
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -358,3 +359,65 @@ def test_full_default_pipeline(tmp_path, mirror):
     model = mlflow.pyfunc.load_model(f"models:/{record['model_id']}")
     x, y = load_split(repo / "data" / "processed", "test")
     assert float((np.asarray(model.predict(x)).argmax(1) == y).mean()) == metrics["test_accuracy"]
+
+
+@pytest.mark.slow
+def test_make_ui_lists_the_runs_metrics_and_models_through_its_rest_api(project):
+    """`make ui` on 127.0.0.1, queried as the UI's page queries it, then stopped."""
+    import os
+    import signal
+    import urllib.request
+
+    from tests.integration.test_predict import free_port, wait_for
+
+    repo, port, venv = project["repo"], free_port(), Path(sys.executable).parent.parent
+    ui = subprocess.Popen(["make", "ui", f"PORT={port}", f"VENV={venv}"], cwd=repo, env=stage_env(Path("/nonexistent")),
+                          start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+
+    def api(path: str, body: dict | None = None) -> dict:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"{base}/{path}", data=data, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", ui)
+        experiment = api("experiments/get-by-name?experiment_name=mnist-cnn")["experiment"]
+        assert {t["key"]: t["value"] for t in experiment["tags"]}["mlflow.experimentKind"] == "custom_model_development"
+        runs = api("runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
+        finished = [r for r in runs if r["info"]["status"] == "FINISHED"]
+        assert len(finished) == len(runs) >= 6  # dvc repro, re-evaluation, queued experiment, sweep parent + 2 jobs
+        trained = project["train_before"]
+        shown = next(r for r in runs if r["info"]["run_id"] == trained.info.run_id)
+        metrics = {m["key"]: m["value"] for m in shown["data"]["metrics"]}
+        assert metrics["test_accuracy"] == trained.data.metrics["test_accuracy"]
+        assert {i["dataset"]["name"] for i in shown["inputs"]["dataset_inputs"]} == {
+            "mnist_small-train[:300]",
+            "mnist_small-test",
+        }
+        models = api("logged-models/search", {"experiment_ids": [experiment["experiment_id"]]})["models"]
+        assert len(models) >= 4 and all(m["info"]["status"] == "LOGGED_MODEL_READY" for m in models)
+        champion = api("registered-models/alias?name=mnist_small-cnn&alias=champion")["model_version"]
+        assert champion["version"] == "1"
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=60)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("chromium"), reason="apt-get install chromium (.ci/run does)")
+def test_the_screenshot_script_renders_the_ui_pages(project, tmp_path):
+    """tools/ui_screenshots.py over the scenario's store: the runs list, a sweep compared, a run's pages, the
+    champion's confusion matrix, the DVC plots."""
+    from PIL import Image
+
+    tool = Path(__file__).resolve().parents[2] / "tools" / "ui_screenshots.py"
+    proc = subprocess.run([sys.executable, str(tool), "--project", str(project["repo"]), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env=stage_env(Path("/nonexistent")))  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    names = {p.stem for p in tmp_path.glob("*.png")}
+    assert names == {"ui-runs", "ui-sweep-compare", "ui-run", "ui-run-metrics", "confusion-matrix", "dvc-plots"}
+    for path in tmp_path.glob("*.png"):
+        pixels = np.asarray(Image.open(path).convert("L"), dtype=float)
+        assert pixels.std() > 10, f"{path.name} looks blank"  # the page rendered

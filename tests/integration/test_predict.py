@@ -80,3 +80,65 @@ def test_a_file_that_is_not_an_image_is_refused_without_a_traceback(tmp_path, ca
         run_cli(lambda: main([str(tmp_path / "notes.txt"), "--model", str(tmp_path / "none.keras")]))
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "notes.txt: not an image Pillow can read" in err and "Traceback" not in err
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, proc, timeout: float = 180) -> None:
+    """Until ``url`` answers 200 (polling a server that is starting, not racing it)."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"the server exited with {proc.returncode}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"{url} did not answer in {timeout} s"
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_mlflow_serves_the_champion_and_answers_like_the_model(champion, tmp_path):
+    """`make serve`'s command: `mlflow models serve -m models:/<name>@champion --env-manager local`."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    import keras
+
+    port = free_port()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "pipeline.tracking", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        (tmp_path / "dvc.yaml").write_text("stages: {}\n")  # tmp_path is the project: its params.yaml names the store
+        wait_for(f"http://127.0.0.1:{port}/ping", server)
+        x, _ = load_split(champion.paths.processed_dir, "test")
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": x[:5].tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            served = np.asarray(json.loads(response.read())["predictions"])
+        expected = keras.models.load_model(champion.paths.model).predict(x[:5], verbose=0)
+        assert served.shape == (5, 10) and np.allclose(served, expected, atol=1e-5)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)

@@ -20,7 +20,7 @@ def test_each_stage_depends_on_exactly_the_modules_it_imports():
         listed = stage_code_deps(stage)
         assert listed == expected, (
             f"dvc.yaml stage {name!r}: missing {sorted(expected - listed)}, not imported {sorted(listed - expected)}"
-            f" (python -m pipeline.closure {module} prints the list)"
+            f" (python -m pipeline.closure --update dvc.yaml rewrites them)"
         )
 
 
