@@ -59,8 +59,11 @@ def read_image(path: Path | str) -> np.ndarray:
         raise DataError(f"{path}: not an image Pillow can read ({type(exc).__name__})") from None
 
 
-def load_classifier(model: str | None, cfg: Config) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
-    """(a function from (n, 28, 28, 1) images to class probabilities, the model it uses)."""
+def load_classifier(
+    model: str | None, cfg: Config, root: Path | None = None
+) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+    """(a function from (n, 28, 28, 1) images to class probabilities, the model it uses); the store is
+    ``cfg``'s, a relative SQLite path taken from ``root`` (the folder of the params file)."""
     if model is not None and model.endswith(".keras"):
         from pipeline.evaluate import load_model
 
@@ -70,15 +73,17 @@ def load_classifier(model: str | None, cfg: Config) -> tuple[Callable[[np.ndarra
     from mlflow.exceptions import MlflowException
 
     from pipeline import tracking
+    from pipeline.runtime import import_tensorflow
 
+    import_tensorflow()  # before mlflow.keras imports Keras: TensorFlow's notices once
     uri = model or f"models:/{cfg.registry.name}@{cfg.registry.alias}"
-    mlflow.set_tracking_uri(tracking.tracking_uri(cfg.tracking))
+    store = tracking.tracking_uri(cfg.tracking, root)
+    mlflow.set_tracking_uri(store)
     try:
         # The Keras flavour, to predict quietly (the pyfunc wrapper prints Keras' progress bar to stdout).
         keras_model = mlflow.keras.load_model(uri)
     except (MlflowException, OSError) as exc:
-        store = tracking.redact(tracking.tracking_uri(cfg.tracking))
-        raise DataError(f"{uri}: cannot load it from {store} ({str(exc).splitlines()[0][:200]}); "
+        raise DataError(f"{uri}: cannot load it from {tracking.redact(store)} ({str(exc).splitlines()[0][:200]}); "
                         "train one first (make run), or give --model") from None  # fmt: skip
     return lambda x: np.asarray(keras_model.predict(x, verbose=0)), uri
 
@@ -101,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = load_params(args.params) if Path(args.params).is_file() else validate(compose())
     images = np.stack([read_image(p) for p in args.images])  # every file is read (or refused) before the model loads
-    classify, used = load_classifier(args.model, cfg)
+    root = Path(args.params).resolve().parent if Path(args.params).is_file() else None
+    classify, used = load_classifier(args.model, cfg, root)
     for prediction in predict(args.images, images, classify, cfg.dataset.classes):
         print(prediction.line())
     log.info("model: %s", used)

@@ -81,10 +81,12 @@ def project_root() -> Path:
     return nearest
 
 
-def tracking_uri(tracking: TrackingConfig) -> str:
+def tracking_uri(tracking: TrackingConfig, root: Path | None = None) -> str:
+    """The store: ``$MLFLOW_TRACKING_URI``, else ``tracking.uri`` with a relative SQLite path taken from
+    ``root`` (default: the project root)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{project_root() / uri[len('sqlite:///') :]}"  # a relative SQLite path: the root's
+        return f"sqlite:///{(root or project_root()) / uri[len('sqlite:///') :]}"  # a relative SQLite path: the root's
     return uri
 
 
@@ -467,6 +469,10 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["MLFLOW_TRACKING_URI"] = uri  # else MLflow looks for ./mlflow.db wherever this runs
         os.execvp("mlflow", ["mlflow", "models", "serve", "-m", champion, "--env-manager", "local", *args[1:]])
     elif args[:1] == ["ui"]:
+        host = args[args.index("--host") + 1] if "--host" in args else "127.0.0.1"
+        port = args[args.index("--port") + 1] if "--port" in args else "5000"
+        # The UI opens on its GenAI view until told otherwise; this link (once) sets the model-training view.
+        print(f"MLflow UI: http://{host}:{port}/#/experiments?workflowType=machine_learning", flush=True)
         artifacts = artifact_location(uri)
         extra = ["--default-artifact-root", artifacts] if artifacts else []
         os.execvp("mlflow", ["mlflow", "ui", "--backend-store-uri", uri, *extra, *args[1:]])
