@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -106,6 +107,11 @@ def run_pipeline(repo: Path, mirror: str, flops_per_sample: float) -> dict:
     wall = time.perf_counter() - start
     if out.returncode:
         raise SystemExit(f"dvc repro failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    stages = {}
+    for line in (out.stdout + out.stderr).splitlines():  # each stage's `timings <stage>: {...}` (pipeline.timing)
+        if (m := re.search(r"timings (\w+): (\{.*\})", line)) is not None:
+            stages[m.group(1)] = json.loads(m.group(2))
+    stages["dvc"] = {"total": wall - sum(t["total"] for t in stages.values())}  # DVC's own work: hashing, caching
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())
     import mlflow
 
@@ -115,7 +121,7 @@ def run_pipeline(repo: Path, mirror: str, flops_per_sample: float) -> dict:
     epochs = int(logged.params["train.epochs"])
     fit_s = logged.metrics["train_time_s"]
     gflops = flops_per_sample * logged.metrics["train_samples"] * epochs / fit_s / 1e9
-    return {"wall_s": wall, "fit_s": fit_s, "train_gflops": gflops, **metrics}
+    return {"wall_s": wall, "fit_s": fit_s, "train_gflops": gflops, "stages": stages, **metrics}
 
 
 def time_stages(repo: Path, mirror: str) -> dict[str, float]:
@@ -133,6 +139,24 @@ def time_stages(repo: Path, mirror: str) -> dict[str, float]:
             subprocess.run(cmd, cwd=repo, env=e, check=True, capture_output=True)
             times.append(time.perf_counter() - start)
         result[name] = round(statistics.median(times), 2)
+    return result
+
+
+def breakdown(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Median seconds per phase over the pairs: the seed's phases, and each pipeline stage's."""
+    seed: dict[str, list[float]] = {}
+    for r in rows:
+        phases = dict(r["A"].get("timings", {}))
+        phases["start and exit"] = r["A"]["wall_s"] - sum(phases.values())
+        for k, v in phases.items():
+            seed.setdefault(k, []).append(v)
+    result = {"seed": {k: round(statistics.median(v), 2) for k, v in seed.items()}}
+    for stage in rows[0]["B"]["stages"]:
+        phases: dict[str, list[float]] = {}
+        for r in rows:
+            for k, v in r["B"]["stages"].get(stage, {}).items():
+                phases.setdefault(k, []).append(v)
+        result[stage] = {k: round(statistics.median(v), 2) for k, v in phases.items()}
     return result
 
 
@@ -175,7 +199,7 @@ def main() -> None:
                 flush=True,
             )
         stage_times = time_stages(repo, mirror)
-        print(f"stages: {stage_times}")
+        print(f"stages, each alone: {stage_times}")
     finally:
         shutil.rmtree(repo, ignore_errors=True)
     peak_after = matmul_peak()
@@ -194,6 +218,7 @@ def main() -> None:
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
     }
+    summary["breakdown_median_s"] = breakdown(rows)
     print(json.dumps(summary, indent=2))
     out = (
         ROOT

@@ -197,6 +197,7 @@ class TrainConfig:
     deterministic: bool = True
     backup_every: int = checked(500, **AT_LEAST_1)
     log_every: int = checked(100, **AT_LEAST_1)
+    steps_per_execution: int = checked(1, **AT_LEAST_1)
     verbose: str = checked("auto", **_one_of(*VERBOSITY))
 
 
@@ -297,6 +298,14 @@ def validate(raw: Any, source: str = "config") -> Config:
             f"{source}: bad value for 'dataset.classes': {len(cfg.dataset.classes)} names; allowed: one name per "
             f"class, dataset.num_classes={cfg.dataset.num_classes}"
         )
+    t = cfg.train
+    for key in ("log_every", "backup_every"):
+        # Keras calls batch callbacks once per execution: a curve point or a backup between two is never seen.
+        if getattr(t, key) % t.steps_per_execution:
+            raise ConfigError(
+                f"{source}: bad value for 'train.{key}': {getattr(t, key)}; allowed: a multiple of "
+                f"train.steps_per_execution={t.steps_per_execution}"
+            )
     return cfg
 
 

@@ -36,6 +36,7 @@ from pipeline.config import DatasetConfig, FileSpec, load_params
 from pipeline.errors import DataError, run_cli
 from pipeline.files import atomic_path, sha256_file
 from pipeline.redact import redact
+from pipeline.timing import Timer
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -203,8 +204,12 @@ def download(dataset: DatasetConfig, raw_dir: Path | str, env: dict[str, str] | 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    timer = Timer("download")
     cfg = load_params()
+    timer.mark("config")
     download(cfg.dataset, cfg.paths.raw_dir)
+    timer.mark("download")
+    timer.report()
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from pipeline.data import load_split
 from pipeline.errors import DataError, run_cli
 from pipeline.files import atomic_path, remove, write_json
 from pipeline.runtime import import_tensorflow
+from pipeline.timing import Timer
 
 # TensorFlow and MLflow are imported where used: a bad params.yaml is reported before either loads.
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class EvalResult:
     digest: str = ""  # the test set's content (registry.test_digest): models compare only on the same one
     inputs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # the test images scored
     report_paths: list[Path] = field(default_factory=list)  # the files written: metrics, per-class, confusion
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase: import, load model, predict...
 
 
 def load_model(path: Path | str) -> keras.Model:
@@ -91,14 +93,22 @@ def score(model: keras.Model, x: np.ndarray, y: np.ndarray, num_classes: int) ->
 def evaluate(cfg: Config) -> EvalResult:
     """Score ``paths.model`` on the test split and write the reports; return the numbers."""
     paths = cfg.paths
+    timer = Timer("evaluate")
     remove(paths.metrics, paths.confusion, paths.per_class)
+    import_tensorflow()
+    timer.mark("import tensorflow")
     model = load_model(paths.model)
+    timer.mark("load model")
     x, y = load_split(paths.processed_dir, "test", cfg.dataset.num_classes)
+    timer.mark("load data")
     result = score(model, x, y, cfg.dataset.num_classes)
+    timer.mark("predict")
     from pipeline.registry import test_digest
 
     result.digest, result.inputs = test_digest(x, y), x
     write_reports(cfg, result)
+    timer.mark("reports")
+    result.timings = {k: v for k, v in timer.times.items() if k != "start"}
     log.info("test_accuracy %.4f, test_loss %.4f", result.metrics["test_accuracy"], result.metrics["test_loss"])
     return result
 
@@ -185,16 +195,26 @@ def gate(cfg: Config, result: EvalResult, model_id: str | None, run_id: str) -> 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    timer = Timer("evaluate")
     cfg = load_params()
+    timer.mark("config")
     from pipeline import tracking
 
+    timer.mark("import mlflow")
     remove(cfg.paths.eval_info, cfg.paths.registry)
     trained = tracking.RunRecord.read(cfg.paths.run_info)
     with tracking.evaluation_run(cfg, trained) as run:
+        timer.mark("open run")
         result = evaluate(cfg)
+        timer.mark("evaluate")
+        timer.add(result.timings, into="evaluate")
         log_evaluation(cfg, result, trained.model_id)
+        timer.mark("log to mlflow")
         gate(cfg, result, trained.model_id, run.info.run_id)
+        timer.mark("registry")
     tracking.record_of(run, trained.model_id, trained.run_id).write(cfg.paths.eval_info)
+    timer.mark("close run")
+    timer.report()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pipeline.config import DatasetConfig, load_params
 from pipeline.data import SPLITS, read_split, save_npz
 from pipeline.download import raw_name
 from pipeline.errors import run_cli
+from pipeline.timing import Timer
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,12 @@ def preprocess(dataset: DatasetConfig, raw_dir: Path | str, processed_dir: Path 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    timer = Timer("preprocess")
     cfg = load_params()
+    timer.mark("config")
     preprocess(cfg.dataset, cfg.paths.raw_dir, cfg.paths.processed_dir)
+    timer.mark("preprocess")
+    timer.report()
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from pipeline.data import load_split
 from pipeline.errors import run_cli
 from pipeline.files import atomic_path, exclusive_lock, remove, write_json
 from pipeline.runtime import import_tensorflow
+from pipeline.timing import Timer
 
 # TensorFlow (4-5 s to import) and MLflow (1.5 s) are imported where used, so a bad params.yaml is
 # reported at once, before either loads.
@@ -63,6 +64,7 @@ class TrainResult:
     inputs: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))  # the training data (x, y) it fitted
     history: dict[str, list[float]] = field(default_factory=dict)
     precision: str = "float32"
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase: import, data, build, fit, save
 
 
 def cpu_has_bf16() -> bool:
@@ -184,20 +186,24 @@ def compile_model(cfg: Config, precision: str) -> keras.Model:
         optimizer=build_optimizer(cfg.optimizer, cfg.train.lr_scale),
         loss=cfg.loss,
         metrics=list(cfg.metrics),
+        steps_per_execution=cfg.train.steps_per_execution,
     )
     return model
 
 
 def train(cfg: Config, callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
     """Fit the model described by ``cfg`` and save it to ``cfg.paths.model``; ``callbacks`` join Keras' fit."""
+    timer = Timer("train")
     import_tensorflow()
     import keras
 
+    timer.mark("import tensorflow")
     paths, t = cfg.paths, cfg.train
     remove(paths.model, paths.history, paths.steps)  # a failed run must not leave the previous model looking current
     x, y = load_split(paths.processed_dir, "train", cfg.dataset.num_classes)
     if t.subset is not None:
         x, y = x[: t.subset], y[: t.subset]
+    timer.mark("load data")
     if t.deterministic:
         import tensorflow as tf
 
@@ -205,6 +211,7 @@ def train(cfg: Config, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Tr
     keras.utils.set_random_seed(cfg.seed)
     precision = resolve_precision(t)
     model = compile_model(cfg, precision)
+    timer.mark("build model")
     with backup_folder(paths.backup_dir, config_hash(cfg, TRAINING_SECTIONS)) as backup:
         if backup.exists():
             log.warning("resuming an interrupted training from %s", backup)
@@ -226,8 +233,10 @@ def train(cfg: Config, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Tr
                 ],
             )
         train_seconds = time.perf_counter() - start
+    timer.mark("fit")
     with atomic_path(paths.model) as model_tmp:
         model.save(model_tmp)
+    timer.mark("save model")
     log.info("trained %d parameters on %d samples in %.1f s", model.count_params(), len(x), train_seconds)
     return TrainResult(
         model=model,
@@ -241,6 +250,7 @@ def train(cfg: Config, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Tr
         inputs=(x, y),
         history={k: [float(v) for v in vs] for k, vs in hist.history.items()},
         precision=precision,
+        timings={k: v for k, v in timer.times.items() if k != "start"},
     )
 
 
@@ -341,14 +351,25 @@ def log_training(cfg: Config, result: TrainResult) -> str | None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    timer = Timer("train")
     cfg = load_params()
+    timer.mark("config")
     from pipeline import tracking
 
+    timer.mark("import mlflow")
     remove(cfg.paths.run_info)
     with tracking.start_run(cfg) as run:
-        result = train(cfg, callbacks=[epoch_logger(cfg.train.log_every)])
+        timer.mark("open run")
+        callbacks = [epoch_logger(cfg.train.log_every)]  # imports Keras, so TensorFlow
+        timer.mark("import tensorflow")
+        result = train(cfg, callbacks=callbacks)
+        timer.mark("train")
+        timer.add(result.timings, into="train")
         model_id = log_training(cfg, result)
+        timer.mark("log to mlflow")
     tracking.record_of(run, model_id).write(cfg.paths.run_info)
+    timer.mark("close run")
+    timer.report()
 
 
 if __name__ == "__main__":

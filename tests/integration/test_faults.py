@@ -254,11 +254,12 @@ import pipeline.train as stage
 from pipeline.errors import run_cli
 
 class SigtermAt(keras.callbacks.Callback):
-    \"\"\"Delivers a real SIGTERM to this process at a known point: epoch 1, after its backup at batch 5.\"\"\"
+    \"\"\"Delivers a real SIGTERM to this process at a known point: epoch 1, step 35, after its backup at step 30
+    (five steps per execution: Keras calls batch callbacks at steps 5, 10, ...).\"\"\"
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
     def on_train_batch_end(self, batch, logs=None):
-        if self.epoch == 1 and batch == 7:
+        if self.epoch == 1 and batch == 14:
             os.kill(os.getpid(), signal.SIGTERM)
 
 train = stage.train
@@ -269,7 +270,7 @@ run_cli(stage.main, fast_exit=True)
 
 def test_sigterm_kills_run_keeps_epochs_and_rerun_resumes(make_cfg, tmp_path, monkeypatch, caplog):
     """SIGTERM mid-training: run KILLED with the epochs so far, no model; the rerun resumes from the backup."""
-    cfg = make_cfg("train.subset=640", "train.epochs=3", "train.backup_every=5")
+    cfg = make_cfg("train.subset=640", "train.epochs=3", "train.backup_every=10", "train.steps_per_execution=5")
     write_params(tmp_path, cfg)
     backup_root = Path(cfg.paths.backup_dir)
     proc = subprocess.Popen(

@@ -37,7 +37,7 @@ def photo_like(digit: np.ndarray, seed: int) -> Image.Image:
 @pytest.fixture
 def champion(make_cfg, tmp_path):
     """A model trained on the small subset, evaluated and made champion in a tmp store; params.yaml for it."""
-    cfg = make_cfg("train.subset=2000", "train.epochs=2")
+    cfg = make_cfg("train.subset=1500", "train.epochs=2")
     with tracking.start_run(cfg) as run:
         model_id = log_training(cfg, train(cfg))
         result = evaluate(cfg)

@@ -116,7 +116,7 @@ print(json.dumps(d.as_dict()))
 
 def test_concurrent_evaluations_end_with_the_alias_on_the_best_model(uri, tmp_path):
     tracking.setup(TrackingConfig(uri=uri))  # the store exists; the gates race for the alias
-    accuracies = {0.80: 11, 0.97: 12, 0.88: 13}
+    accuracies = {0.80: 11, 0.97: 12}
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", GATE, uri, str(a), str(s), str(ROOT)], stdout=subprocess.PIPE, text=True
@@ -124,8 +124,8 @@ def test_concurrent_evaluations_end_with_the_alias_on_the_best_model(uri, tmp_pa
         for a, s in accuracies.items()
     ]
     decisions = [json.loads(p.communicate(timeout=120)[0].strip().splitlines()[-1]) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0]
+    assert [p.returncode for p in procs] == [0, 0]
     best = next(d for d in decisions if d["accuracy"] == 0.97)
     assert champion_version(uri, "race-cnn") == best["version"]
-    assert sorted(d["version"] for d in decisions) == ["1", "2", "3"]  # one version each, none lost
+    assert sorted(d["version"] for d in decisions) == ["1", "2"]  # one version each, none lost
     assert Path(tmp_path / "mlflow.db").is_file()

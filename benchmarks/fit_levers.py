@@ -1,0 +1,109 @@
+"""Paired A/B of the per-step levers of the seed's fit (Adam, batch 32, float32) on this machine.
+
+Consumes: the processed training split (``--data``, default ``data/processed/train.npz``: uint8 pixels).
+Produces: a table on stdout and a JSON record in ``benchmarks/results/fit-levers-<time>.json``: for each
+variant, the seconds of every round's ``fit`` on the same samples (its first step's tracing included),
+their median and the median of the per-round ratios to the first variant.
+
+Each variant runs in a fresh process (threads and TensorFlow options are process-wide), and the variants
+alternate round by round (A B C ... A B C ...), so that the host's drifting load falls on all of them alike.
+
+Run: ``python benchmarks/fit_levers.py --rounds 4 --steps 500 [--variants seed,train,spe25,...]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Each variant: "seed" (the seed script's own fit: float64 arrays, no callbacks) or Hydra overrides of the
+# product's train stage, run as `python -m pipeline.train` runs it (an MLflow run, its callbacks).
+VARIANTS: dict[str, list[str] | None] = {
+    "seed": None,
+    "train": [],
+    "spe25": ["train.steps_per_execution=25"],
+    "spe100": ["train.steps_per_execution=100"],
+    "fast": ["train=fast"],
+    "fast_nodet": ["train=fast", "train.deterministic=false"],
+    "fast256": ["train=fast", "train.batch_size=256", "train.lr_scale=4"],
+    "fast256_nodet": ["train=fast", "train.batch_size=256", "train.lr_scale=4", "train.deterministic=false"],
+}
+
+CHILD = r"""
+import json, os, sys, tempfile, time
+import numpy as np
+overrides = json.loads(sys.argv[1]); samples = int(sys.argv[2]); data = sys.argv[3]
+sys.path.insert(0, os.getcwd())
+if overrides is None:  # the seed script's fit, as it wrote it
+    import tensorflow as tf
+    from pipeline.config import compose, validate
+    from pipeline.model import build_model
+    with np.load(data) as npz:
+        x, y = npz["x"][:samples] / 255.0, npz["y"][:samples]
+    model = build_model(validate(compose()).model)
+    model.compile(optimizer=tf.keras.optimizers.Adam(), loss=tf.keras.losses.sparse_categorical_crossentropy,
+                  metrics=["accuracy"])
+    t = time.perf_counter(); model.fit(x, y, batch_size=32, shuffle=True, epochs=1, verbose=2)
+    fit_s = time.perf_counter() - t
+else:
+    from pipeline import tracking
+    from pipeline.config import compose, validate
+    from pipeline.train import epoch_logger, train
+    tmp = tempfile.mkdtemp()
+    cfg = validate(compose([*overrides, f"train.subset={samples}", f"paths.processed_dir={os.path.dirname(data)}",
+                            f"paths.model={tmp}/m.keras", f"paths.history={tmp}/h.csv", f"paths.steps={tmp}/s.csv",
+                            f"paths.backup_dir={tmp}/backup", f"tracking.uri=sqlite:///{tmp}/mlflow.db"]))
+    with tracking.start_run(cfg):
+        fit_s = train(cfg, callbacks=[epoch_logger(cfg.train.log_every)]).train_seconds
+print(json.dumps({"fit_s": fit_s}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=500, help="training steps per run (batch 32), all timed")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--data", default=str(ROOT / "data" / "processed" / "train.npz"))
+    args = parser.parse_args()
+    names = args.variants.split(",")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(args.rounds):
+        for name in names:
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, json.dumps(VARIANTS[name]), str(32 * args.steps), args.data],
+                cwd=ROOT, capture_output=True, text=True, env=env,
+            )  # fmt: skip
+            if out.returncode:
+                raise SystemExit(f"{name} failed:\n{out.stderr[-2000:]}")
+            times[name].append(json.loads(out.stdout.strip().splitlines()[-1])["fit_s"])
+            print(f"round {r + 1} {name:14s} fit {times[name][-1]:6.2f} s", flush=True)
+    base = names[0]
+    summary = {}
+    for name in names:
+        ratios = [a / b for a, b in zip(times[name], times[base], strict=True)]
+        summary[name] = {
+            "overrides": VARIANTS[name],
+            "fit_s": [round(t, 2) for t in times[name]],
+            "median_fit_s": round(statistics.median(times[name]), 2),
+            f"median_ratio_to_{base}": round(statistics.median(ratios), 3),
+        }
+        print(
+            f"{name:14s} median fit {summary[name]['median_fit_s']:6.2f} s, ratio {summary[name][f'median_ratio_to_{base}']:.3f}"
+        )
+    out = ROOT / "benchmarks" / "results" / f"fit-levers-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps({"samples": 32 * args.steps, "rounds": args.rounds, "variants": summary}, indent=2) + "\n")
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

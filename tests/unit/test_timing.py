@@ -1,0 +1,24 @@
+"""A stage's timing line: phases add up to the process's own age, and a stage function's phases nest."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from pipeline.timing import Timer, process_age
+
+
+def test_phases_add_up_to_the_process_age(caplog):
+    timer = Timer("demo")
+    time.sleep(0.05)
+    timer.mark("work")
+    timer.add({"inner a": 0.01, "inner b": 0.02}, into="work")  # measured inside a stage function
+    timer.mark("more")
+    with caplog.at_level(logging.INFO, logger="pipeline.timing"):
+        report = timer.report()
+    assert report["work"] >= 0.01  # 0.05 s slept, 0.03 s of it moved to the inner phases
+    assert (report["inner a"], report["inner b"]) == (0.01, 0.02)
+    assert abs(report["total"] - process_age()) < 0.1  # start (interpreter, imports) + every phase
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("timings demo: "))
+    assert json.loads(line.split(": ", 1)[1]) == report  # what benchmarks/compare.py parses
