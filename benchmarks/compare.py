@@ -2,11 +2,16 @@
 
 Consumes: a local MNIST mirror ($DATA_MIRROR or --mirror) and optional Hydra overrides for B (to compare
 profiles the same way, e.g. ``train=fast``). Produces: a table on stdout and a JSON record in
-``benchmarks/results/``: each run's wall time and test accuracy, per-pair ratios B/A and their median,
-B's train-stage throughput in GFLOP/s, and a matmul peak (fp32, bf16) measured in the same run.
+``benchmarks/results/``: each run's wall time, CPU time (user + system of all its processes) and test
+accuracy, per-pair ratios B/A and their medians, B's train-stage throughput in GFLOP/s, a matmul peak (fp32,
+bf16) measured in the same run, and the median seconds of each phase: the seed's (import, data, build, fit,
+evaluate) and each stage's (from the ``timings`` line every stage logs, :mod:`pipeline.timing`), plus DVC's
+own share and a no-op ``dvc repro``.
 
 Runs alternate A B A B so that the machine's load drifts over both sides alike; only the medians and
-ratios of such pairs are worth quoting on a shared machine.
+ratios of such pairs are worth quoting on a shared machine. This host switches between two speeds (the same
+fit runs 1.4x longer in the slow one, at the same CPU time: one core is partly taken away), so wall ratios
+swing by that much from pair to pair; CPU-time ratios do not.
 
 Run: ``python benchmarks/compare.py --pairs 3 [overrides...]`` (about 2 minutes a pair on 2 cores).
 """
@@ -17,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -90,21 +96,27 @@ def prepare_repo(overrides: list[str]) -> Path:
     return dest
 
 
+def children_cpu() -> float:
+    """CPU seconds (user + system) of every waited-for child process so far, their children included."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_seed(mirror: str) -> dict:
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), children_cpu()
     out = subprocess.run([sys.executable, str(SEED_SCRIPT), mirror], capture_output=True, text=True, env=env())
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, children_cpu() - cpu
     if out.returncode:
         raise SystemExit(f"seed script failed:\n{out.stderr[-3000:]}")
-    return {"wall_s": wall, **json.loads(out.stdout.strip().splitlines()[-1])}
+    return {"wall_s": wall, "cpu_s": cpu, **json.loads(out.stdout.strip().splitlines()[-1])}
 
 
 def run_pipeline(repo: Path, mirror: str, flops_per_sample: float) -> dict:
     e = env()
     e["DATA_MIRROR"] = mirror
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), children_cpu()
     out = subprocess.run(["dvc", "repro", "-f"], cwd=repo, capture_output=True, text=True, env=e)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, children_cpu() - cpu
     if out.returncode:
         raise SystemExit(f"dvc repro failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     stages = {}
@@ -121,34 +133,29 @@ def run_pipeline(repo: Path, mirror: str, flops_per_sample: float) -> dict:
     epochs = int(logged.params["train.epochs"])
     fit_s = logged.metrics["train_time_s"]
     gflops = flops_per_sample * logged.metrics["train_samples"] * epochs / fit_s / 1e9
-    return {"wall_s": wall, "fit_s": fit_s, "train_gflops": gflops, "stages": stages, **metrics}
+    return {"wall_s": wall, "cpu_s": cpu, "fit_s": fit_s, "train_gflops": gflops, "stages": stages, **metrics}
 
 
-def time_stages(repo: Path, mirror: str) -> dict[str, float]:
-    """Where B's time goes: a no-op `dvc repro`, then each stage alone (`dvc repro -f -s`), median of runs."""
+def time_noop(repo: Path, mirror: str, repeats: int = 3) -> float:
+    """A no-op ``dvc repro`` (everything up to date): median seconds. Each stage's own phases come from its
+    timing line in every pair (:func:`run_pipeline`)."""
     e = env()
     e["DATA_MIRROR"] = mirror
-    commands = {"noop_repro_s": (["dvc", "repro"], 3)}
-    for stage in ("download", "preprocess", "train", "evaluate"):
-        commands[f"{stage}_stage_s"] = (["dvc", "repro", "-f", "-s", stage], 1 if stage == "train" else 3)
-    result = {}
-    for name, (cmd, repeats) in commands.items():
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            subprocess.run(cmd, cwd=repo, env=e, check=True, capture_output=True)
-            times.append(time.perf_counter() - start)
-        result[name] = round(statistics.median(times), 2)
-    return result
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(["dvc", "repro"], cwd=repo, env=e, check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return round(statistics.median(times), 2)
 
 
 def breakdown(rows: list[dict]) -> dict[str, dict[str, float]]:
     """Median seconds per phase over the pairs: the seed's phases, and each pipeline stage's."""
     seed: dict[str, list[float]] = {}
     for r in rows:
-        phases = dict(r["A"].get("timings", {}))
-        phases["start and exit"] = r["A"]["wall_s"] - sum(phases.values())
-        for k, v in phases.items():
+        seed_phases = dict(r["A"].get("timings", {}))
+        seed_phases["start and exit"] = r["A"]["wall_s"] - sum(seed_phases.values())
+        for k, v in seed_phases.items():
             seed.setdefault(k, []).append(v)
     result = {"seed": {k: round(statistics.median(v), 2) for k, v in seed.items()}}
     for stage in rows[0]["B"]["stages"]:
@@ -189,17 +196,20 @@ def main() -> None:
                 "A": result["A"],
                 "B": result["B"],
                 "ratio": result["B"]["wall_s"] / result["A"]["wall_s"],
+                "cpu_ratio": result["B"]["cpu_s"] / result["A"]["cpu_s"],
             }
             rows.append(row)
             print(
-                f"pair {i + 1}: seed {result['A']['wall_s']:6.1f} s acc {result['A']['test_accuracy']:.4f}"
+                f"pair {i + 1}: seed {result['A']['wall_s']:6.1f} s (fit {result['A']['timings']['fit']:.1f} s)"
+                f" acc {result['A']['test_accuracy']:.4f}"
                 f" | pipeline {result['B']['wall_s']:6.1f} s acc {result['B']['test_accuracy']:.4f}"
                 f" (fit {result['B']['fit_s']:.1f} s, {result['B']['train_gflops']:.0f} GFLOP/s)"
-                f" | ratio {row['ratio']:.3f}",
+                f" | ratio {row['ratio']:.3f} (CPU {result['A']['cpu_s']:.0f} s vs {result['B']['cpu_s']:.0f} s:"
+                f" {row['cpu_ratio']:.3f})",
                 flush=True,
             )
-        stage_times = time_stages(repo, mirror)
-        print(f"stages, each alone: {stage_times}")
+        noop = time_noop(repo, mirror)
+        print(f"no-op dvc repro: {noop} s")
     finally:
         shutil.rmtree(repo, ignore_errors=True)
     peak_after = matmul_peak()
@@ -209,12 +219,14 @@ def main() -> None:
         "seed_wall_s_median": statistics.median(r["A"]["wall_s"] for r in rows),
         "pipeline_wall_s_median": statistics.median(r["B"]["wall_s"] for r in rows),
         "ratio_median": statistics.median(r["ratio"] for r in rows),
+        "cpu_ratio_median": statistics.median(r["cpu_ratio"] for r in rows),
+        "seed_fit_s_median": statistics.median(r["A"]["timings"]["fit"] for r in rows),
         "seed_accuracy_median": statistics.median(r["A"]["test_accuracy"] for r in rows),
         "pipeline_accuracy_median": statistics.median(r["B"]["test_accuracy"] for r in rows),
         "pipeline_fit_s_median": statistics.median(r["B"]["fit_s"] for r in rows),
         "train_gflops_median": statistics.median(r["B"]["train_gflops"] for r in rows),
         "matmul_peak_gflops": {"before": peak_before, "after": peak_after},
-        **stage_times,
+        "noop_repro_s": noop,
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
     }

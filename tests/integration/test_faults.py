@@ -140,6 +140,14 @@ def test_stage_process_refuses_bad_params_with_exit_2_and_no_traceback(make_cfg,
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and message in proc.stderr and "Traceback" not in proc.stderr
     assert not Path(make_cfg().paths.model).exists()
+    for stage in ("train", "evaluate"):  # refused before the heavy imports (TensorFlow 4-5 s, MLflow 1.5 s)
+        traced = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", f"pipeline.{stage}"], cwd=tmp_path,
+            env=stage_env(Path("/nonexistent")), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        imported = {line.rsplit("|", 1)[-1].strip() for line in traced.stderr.splitlines() if "|" in line}
+        assert traced.returncode == 2 and "pipeline.config" in imported, traced.stderr[-2000:]
+        assert not imported & {"tensorflow", "keras", "mlflow"}, stage
 
 
 @pytest.mark.parametrize(("edit", "message"), BAD_PARAMS)

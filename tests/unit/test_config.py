@@ -70,7 +70,10 @@ def test_lr_scale_multiplies_the_learning_rate():
         (["optimizer=sgd", "+optimizer.beta_1=0.5"], "unknown key 'optimizer.beta_1'"),
         (["metrics=[accuracy,auc]"], "'metrics[1]': 'auc'"),
         (["train.steps_per_execution=0"], "'train.steps_per_execution': 0; allowed: an integer >= 1"),
-        (["train.steps_per_execution=30"], "'train.log_every': 100; allowed: a multiple of train.steps_per_execution=30"),
+        (
+            ["train.steps_per_execution=30"],
+            "'train.log_every': 100; allowed: a multiple of train.steps_per_execution=30",
+        ),
         (["train.steps_per_execution=50", "train.backup_every=120"], "'train.backup_every': 120; allowed: a multiple"),
     ],
 )
