@@ -108,7 +108,7 @@ def evaluate(cfg: Config) -> EvalResult:
     result.digest, result.inputs = test_digest(x, y), x
     write_reports(cfg, result)
     timer.mark("reports")
-    result.timings = {k: v for k, v in timer.times.items() if k != "start"}
+    result.timings = timer.phases()
     log.info("test_accuracy %.4f, test_loss %.4f", result.metrics["test_accuracy"], result.metrics["test_loss"])
     return result
 

@@ -50,6 +50,10 @@ class Timer:
         for name, seconds in phases.items():
             self.times[name] = self.times.get(name, 0.0) + seconds
 
+    def phases(self) -> dict[str, float]:
+        """The marked phases without ``start``: what a stage function hands its caller for :meth:`add`."""
+        return {k: v for k, v in self.times.items() if k != "start"}
+
     def report(self) -> dict[str, float]:
         rounded = {k: round(v, 2) for k, v in self.times.items() if round(v, 2) or k == "start"}
         rounded["total"] = round(sum(self.times.values()), 2)

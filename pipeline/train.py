@@ -250,7 +250,7 @@ def train(cfg: Config, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Tr
         inputs=(x, y),
         history={k: [float(v) for v in vs] for k, vs in hist.history.items()},
         precision=precision,
-        timings={k: v for k, v in timer.times.items() if k != "start"},
+        timings=timer.phases(),
     )
 
 

@@ -124,6 +124,7 @@ def test_stage_functions_need_no_mlflow_run_and_same_seed_same_model(make_cfg, t
     cfg = make_cfg("train.subset=320")
     first, second = train(cfg), train(cfg)
     assert first.history == second.history and weights(first) == weights(second)
+    assert weights(first) != weights(train(make_cfg("train.subset=320", "seed=7")))
     assert first.parameters == SEED_PARAMETERS and first.samples == 320 and first.example.shape == (1, 28, 28, 1)
     ev = evaluate(cfg)
     assert ev.metrics["test_samples"] == 1000 and [p.name for p in ev.report_paths] == [

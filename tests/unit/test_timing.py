@@ -15,6 +15,7 @@ def test_phases_add_up_to_the_process_age(caplog):
     timer.mark("work")
     timer.add({"inner a": 0.01, "inner b": 0.02}, into="work")  # measured inside a stage function
     timer.mark("more")
+    assert set(timer.phases()) == {"work", "inner a", "inner b", "more"}  # what a stage function hands on
     with caplog.at_level(logging.INFO, logger="pipeline.timing"):
         report = timer.report()
     assert report["work"] >= 0.01  # 0.05 s slept, 0.03 s of it moved to the inner phases
