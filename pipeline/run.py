@@ -22,14 +22,20 @@ references, so Hydra's own files and log lines never hold them.
 Sweeps: ``python -m pipeline.run -m optimizer=sgd,rmsprop,adam`` runs one job per value; the callback
 in :mod:`pipeline.sweep` opens one MLflow parent run for the sweep (each job's run is its child) and
 prints the jobs' results, best first. Add ``hydra/launcher=joblib hydra.launcher.n_jobs=2`` to run jobs
-side by side. The return value (test accuracy; validation accuracy when ``train.validation_split`` >
-0, so a tuner never looks at the test split) is what sweepers such as Optuna maximise.
+side by side, ``hydra/launcher=ray`` to run them as Ray tasks on a local Ray instance, or
+``hydra/launcher=ray_cluster hydra.launcher.ray.init.address=HOST:PORT`` on a Ray cluster
+(``conf/hydra/launcher/ray_cluster.yaml``, ``docs/scaling_out.md``); each run is tagged with where it ran
+(``host``, and ``ray_node_id`` and ``ray_node_ip`` under Ray). The return value (test accuracy; validation
+accuracy when ``train.validation_split`` > 0, so a tuner never looks at the test split) is what sweepers such
+as Optuna maximise.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,10 +73,14 @@ def with_job_outputs(cfg: Config, output_dir: Path | str, raw_dir: Path, process
 
 
 def parent_run_id(sweep_dir: Path | str) -> str | None:
-    """The sweep's parent MLflow run id that :class:`pipeline.sweep.SweepCallback` recorded, if any."""
+    """The sweep's parent MLflow run id: the one :class:`pipeline.sweep.SweepCallback` put in this job's
+    environment, else the one it recorded in the sweep folder (a launcher that skips Hydra's job callbacks)."""
     from pipeline.errors import DataError
+    from pipeline.sweep import PARENT_RUN_ENV
     from pipeline.tracking import RunRecord
 
+    if os.environ.get(PARENT_RUN_ENV):
+        return os.environ[PARENT_RUN_ENV]
     path = Path(sweep_dir) / PARENT_RUN_FILE
     if not path.is_file():
         log.warning("%s not found: this job's run gets no parent (is pipeline.sweep.SweepCallback configured?)", path)
@@ -80,6 +90,19 @@ def parent_run_id(sweep_dir: Path | str) -> str | None:
     except DataError as exc:
         log.warning("%s; no parent", exc)
         return None
+
+
+def placement_tags() -> dict[str, str]:
+    """Where this job ran: the host and, in a Ray task (Hydra's Ray launcher), the Ray node and its address."""
+    tags = {"host": socket.gethostname()}
+    ray = sys.modules.get("ray")  # imported only where Ray runs the job
+    if ray is not None and ray.is_initialized():
+        context = ray.get_runtime_context()
+        if context.get_task_id() is not None:  # a task, not the driver
+            node = context.get_node_id()
+            tags["ray_node_id"] = node
+            tags["ray_node_ip"] = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node), "?")
+    return tags
 
 
 def objective(train_history: dict[str, list[float]], test_metrics: dict[str, float], cfg: Config) -> float:
@@ -145,6 +168,7 @@ def run_job(raw: DictConfig) -> float:
         "hydra_mode": "MULTIRUN" if multirun else "RUN",
         "data_dir": str(prepared.processed_dir.resolve()),
         "data_digest": prepared.digest,
+        **placement_tags(),
     }
     if multirun:
         tags["hydra_job_num"] = str(hc.job.num)

@@ -9,6 +9,8 @@ the process's active run) named ``sweep-<time>-<swept keys>`` and tagged with th
 folder; ``<sweep dir>/mlflow_parent_run.json`` with its id, which every job reads (also in joblib's
 worker processes) to become its child; at the end, the children's results sorted by test accuracy,
 printed and logged on the parent as ``sweep_results.md``, ``sweep_results.csv`` and an MLflow table.
+Each job also gets the parent's id and the store's URI in its process's environment (``on_job_start``),
+so a job on another machine (Hydra's Ray launcher) needs neither the sweep folder nor the same settings.
 
 Before the parent exists, every job of a grid is composed and validated (a bad value in the fifth job stops
 the sweep before the first trains), and credentials found in the config are swapped for environment
@@ -27,6 +29,7 @@ import csv
 import io
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -48,6 +51,8 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("overrides", "test_accuracy", "test_loss", "train_time_s")
 MAX_CHILDREN = 10_000
+#: Set in each job's process while the job runs (:meth:`SweepCallback.on_job_start`): the parent run's id.
+PARENT_RUN_ENV = "PIPELINE_SWEEP_PARENT_RUN_ID"
 
 
 def swept_keys(config: DictConfig) -> list[str]:
@@ -200,6 +205,7 @@ class SweepCallback(Callback):
         self._done = False
         self._signalled = False
         self._previous_sigterm: Any = None
+        self._job_env: dict[str, str | None] = {}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow import MlflowClient
@@ -249,6 +255,30 @@ class SweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.finish(failed=False)
+
+    # ------------------------------------------------------------------ in each job's process
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Hand the job its parent run and the sweep's store, wherever the launcher runs it.
+
+        Hydra runs this hook in the job's own process (this process, a joblib worker, a Ray task on another
+        machine), on a copy of this callback pickled after :meth:`on_multirun_start`: a job learns its parent
+        without reading the sweep folder, and logs to the store the parent is in whatever its node's
+        environment says (a relative SQLite path, resolved here, would name another store on a Ray node).
+        """
+        if self.parent_run_id is None or self.tracking_uri is None:
+            return
+        self._job_env = {k: os.environ.get(k) for k in (PARENT_RUN_ENV, "MLFLOW_TRACKING_URI")}
+        os.environ[PARENT_RUN_ENV] = self.parent_run_id
+        os.environ["MLFLOW_TRACKING_URI"] = self.tracking_uri
+
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        for key, value in self._job_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._job_env = {}
 
     # ------------------------------------------------------------------ ending the parent
 
