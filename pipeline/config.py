@@ -171,6 +171,20 @@ class AdamConfig(OptimizerConfig):
 
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
+#: tf.distribute strategies: one device (TensorFlow's default), or MirroredStrategy over the local GPUs or
+#: ``train.devices`` (one machine; see docs/scaling_out.md for several).
+STRATEGIES = ("default", "mirrored")
+
+
+def _device_names(v: list[str] | None) -> bool:
+    return v is None or (len(v) >= 1 and len(set(v)) == len(v) and all(_is_device(d) for d in v))
+
+
+def _is_device(name: str) -> bool:
+    kind, _, index = name.lower().removeprefix("/device:").removeprefix("/").partition(":")
+    return kind in ("cpu", "gpu") and index.isdigit()
+
+
 VERBOSITY = ("auto", "0", "1", "2")
 LOSSES = ("sparse_categorical_crossentropy",)
 #: Keras metrics that are right for integer labels. Adding one is adding its Keras name here.
@@ -199,6 +213,10 @@ class TrainConfig:
     log_every: int = checked(100, **AT_LEAST_1)
     steps_per_execution: int = checked(1, **AT_LEAST_1)
     verbose: str = checked("auto", **_one_of(*VERBOSITY))
+    strategy: str = checked("default", **_one_of(*STRATEGIES))
+    devices: list[str] | None = checked(
+        None, ok=_device_names, allowed="null (every local GPU) or a list of distinct devices like /gpu:0, /cpu:1"
+    )
 
 
 @dataclass
@@ -299,6 +317,7 @@ def validate(raw: Any, source: str = "config") -> Config:
             f"class, dataset.num_classes={cfg.dataset.num_classes}"
         )
     t = cfg.train
+    _check_strategy(t, source)
     for key in ("log_every", "backup_every"):
         # Keras calls batch callbacks once per execution: a curve point or a backup between two is never seen.
         if getattr(t, key) % t.steps_per_execution:
@@ -307,6 +326,27 @@ def validate(raw: Any, source: str = "config") -> Config:
                 f"train.steps_per_execution={t.steps_per_execution}"
             )
     return cfg
+
+
+def _check_strategy(t: TrainConfig, source: str) -> None:
+    """Combinations TensorFlow's MirroredStrategy does not support with the pinned Keras and TensorFlow."""
+    if t.devices is not None and t.strategy == "default":
+        raise ConfigError(
+            f"{source}: bad value for 'train.devices': {t.devices}; allowed: null with train.strategy=default "
+            "(one device); set train.strategy=mirrored to train on several"
+        )
+    if t.strategy == "mirrored" and t.steps_per_execution > 1:
+        # Keras 3.15 on TensorFlow 2.21: fit's multi-step loop under MirroredStrategy fails at its first step
+        # ("You must feed a value for placeholder tensor 'while/body/.../Placeholder_1'").
+        raise ConfigError(
+            f"{source}: bad value for 'train.steps_per_execution': {t.steps_per_execution}; allowed: 1 under "
+            "train.strategy=mirrored (Keras' multi-step loop fails under MirroredStrategy with the pinned versions)"
+        )
+    if t.strategy == "mirrored" and t.devices is not None and t.batch_size < len(t.devices):
+        raise ConfigError(
+            f"{source}: bad value for 'train.batch_size': {t.batch_size}; allowed: at least one sample per replica "
+            f"under train.strategy=mirrored (the global batch; {len(t.devices)} devices)"
+        )
 
 
 def suggest(word: str, choices: list[str]) -> str:

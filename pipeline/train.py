@@ -15,6 +15,11 @@ trainings of the same config at the same time never share a backup folder (a loc
 ``train.deterministic`` turns on TensorFlow's op determinism: the same config and seed give the same
 numbers, on a GPU too.
 
+``train.strategy=mirrored`` trains one replica per device (``tf.distribute.MirroredStrategy`` over the local
+GPUs, or ``train.devices``); the model is built and compiled in the strategy's scope and ``train.batch_size``
+is the global batch, split across the replicas. Naming more ``/cpu:N`` devices than the machine has splits
+its CPU into logical devices, which must happen before TensorFlow first touches a device (a fresh process).
+
 Run: ``python -m pipeline.train`` (reads params.yaml), or ``dvc repro train``.
 """
 
@@ -35,7 +40,7 @@ import numpy as np
 
 from pipeline.config import Config, TrainConfig, config_hash, load_params
 from pipeline.data import load_split
-from pipeline.errors import run_cli
+from pipeline.errors import ConfigError, run_cli
 from pipeline.files import atomic_path, exclusive_lock, remove, write_json
 from pipeline.runtime import import_tensorflow
 from pipeline.timing import Timer
@@ -44,6 +49,7 @@ from pipeline.timing import Timer
 # reported at once, before either loads.
 if TYPE_CHECKING:
     import keras
+    import tensorflow as tf
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "model"
@@ -65,6 +71,8 @@ class TrainResult:
     history: dict[str, list[float]] = field(default_factory=dict)
     precision: str = "float32"
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase: import, data, build, fit, save
+    strategy: str = "default"
+    devices: list[str] = field(default_factory=list)  # the replicas' devices (one per replica); [] by default
 
 
 def cpu_has_bf16() -> bool:
@@ -175,6 +183,36 @@ def step_curve() -> type:
     return StepCurve
 
 
+def distribution(t: TrainConfig) -> tf.distribute.Strategy | None:
+    """``train.strategy``'s tf.distribute strategy; None for TensorFlow's default (one device)."""
+    if t.strategy == "default":
+        return None
+    import tensorflow as tf
+
+    cpus = [int(d.rpartition(":")[2]) for d in t.devices or [] if "cpu" in d.lower()]
+    if cpus and max(cpus) >= 1:
+        split_cpu(max(cpus) + 1)
+    return tf.distribute.MirroredStrategy(devices=t.devices)
+
+
+def split_cpu(count: int) -> None:
+    """Make the CPU ``count`` logical devices (/cpu:0.../cpu:count-1), as Keras' and TensorFlow's own tests
+    fake several devices; only possible before TensorFlow initialises its devices."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    wanted = [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
+    if len(tf.config.get_logical_device_configuration(cpu) or [None]) == count:
+        return
+    try:
+        tf.config.set_logical_device_configuration(cpu, wanted)
+    except RuntimeError:
+        raise ConfigError(
+            f"train.devices: {count} logical CPUs need a process where TensorFlow has not yet used a device "
+            "(run this training in a process of its own)"
+        ) from None
+
+
 def compile_model(cfg: Config, precision: str) -> keras.Model:
     import keras
 
@@ -204,13 +242,18 @@ def train(cfg: Config, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Tr
     if t.subset is not None:
         x, y = x[: t.subset], y[: t.subset]
     timer.mark("load data")
+    strategy = distribution(t)  # first: splitting the CPU must precede any use of a device
     if t.deterministic:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()  # process-wide; a no-op when already on
     keras.utils.set_random_seed(cfg.seed)
     precision = resolve_precision(t)
-    model = compile_model(cfg, precision)
+    with strategy.scope() if strategy else contextlib.nullcontext():  # variables mirrored on every replica
+        model = compile_model(cfg, precision)
+    devices = list(strategy.extended.worker_devices) if strategy else []
+    if devices:
+        log.info("%s: %d replicas (%s), global batch %d", t.strategy, len(devices), ", ".join(devices), t.batch_size)
     timer.mark("build model")
     with backup_folder(paths.backup_dir, config_hash(cfg, TRAINING_SECTIONS)) as backup:
         if backup.exists():
@@ -251,6 +294,8 @@ def train(cfg: Config, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Tr
         history={k: [float(v) for v in vs] for k, vs in hist.history.items()},
         precision=precision,
         timings=timer.phases(),
+        strategy=t.strategy,
+        devices=devices,
     )
 
 
@@ -340,7 +385,10 @@ def log_training(cfg: Config, result: TrainResult) -> str | None:
     tracking.log_metrics(
         {"train_time_s": result.train_seconds, "parameters": result.parameters, "train_samples": result.samples}
     )
-    tracking.set_tags({"precision": result.precision})
+    replicas = len(result.devices) or 1
+    tracking.set_tags({"precision": result.precision, "strategy": result.strategy, "replicas": str(replicas)})
+    if result.devices:
+        tracking.set_tags({"devices": ",".join(result.devices)})
     tracking.log_dataset(cfg, *result.inputs, split="train", context="training")
     tracking.log_artifact(result.history_path, "reports")
     tracking.log_artifact(result.steps_path, "reports")

@@ -75,6 +75,27 @@ def test_lr_scale_multiplies_the_learning_rate():
             "'train.log_every': 100; allowed: a multiple of train.steps_per_execution=30",
         ),
         (["train.steps_per_execution=50", "train.backup_every=120"], "'train.backup_every': 120; allowed: a multiple"),
+        (["train.strategy=horovod"], "'train.strategy': 'horovod'; allowed: default | mirrored"),
+        (
+            ["train.devices=[/cpu:0,/cpu:1]"],
+            "'train.devices': ['/cpu:0', '/cpu:1']; allowed: null with train.strategy=default",
+        ),
+        (
+            ["train.strategy=mirrored", "train.devices=[/tpu:0]"],
+            "'train.devices': ['/tpu:0']; allowed: null (every local GPU)",
+        ),
+        (
+            ["train.strategy=mirrored", "train.devices=[/gpu:0,/gpu:0]"],
+            "'train.devices': ['/gpu:0', '/gpu:0']; allowed",
+        ),
+        (
+            ["train.strategy=mirrored", "train.steps_per_execution=5", "train.log_every=100", "train.backup_every=500"],
+            "'train.steps_per_execution': 5; allowed: 1 under train.strategy=mirrored",
+        ),
+        (
+            ["train.strategy=mirrored", "train.devices=[/cpu:0,/cpu:1,/cpu:2]", "train.batch_size=2"],
+            "'train.batch_size': 2; allowed: at least one sample per replica under train.strategy=mirrored",
+        ),
     ],
 )
 def test_bad_values_name_the_key(overrides, message):

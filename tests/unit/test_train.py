@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pipeline.config import compose, validate
-from pipeline.train import backup_folder, resolve_precision
+from pipeline.errors import ConfigError
+from pipeline.train import backup_folder, resolve_precision, split_cpu
 
 
 def test_two_trainings_of_one_config_never_share_a_backup_folder(tmp_path):
@@ -22,3 +25,20 @@ def test_the_default_trains_as_the_seed_does():
     assert (t.batch_size, t.epochs, t.shuffle, t.subset, t.validation_split) == (32, 1, True, None, 0.0)
     assert resolve_precision(t) == "float32"
     assert cfg.loss == "sparse_categorical_crossentropy" and cfg.metrics == ["accuracy"]
+
+
+def test_the_cpu_is_split_only_before_tensorflow_uses_a_device():
+    """train.devices naming /cpu:1 splits the CPU into logical devices; once TensorFlow has used a device (this
+    process has), that is impossible, and the message names the key instead of TensorFlow's RuntimeError."""
+    import tensorflow as tf
+
+    tf.config.list_logical_devices("CPU")  # devices initialised, as after any earlier training in a process
+    with pytest.raises(ConfigError, match=r"train.devices: 2 logical CPUs need a process where TensorFlow"):
+        split_cpu(2)
+
+
+def test_strategy_defaults_to_one_device():
+    t = validate(compose()).train
+    assert (t.strategy, t.devices) == ("default", None)
+    t = validate(compose(["train.strategy=mirrored", "train.devices=[/gpu:0,/device:GPU:1]"])).train
+    assert t.devices == ["/gpu:0", "/device:GPU:1"]
