@@ -10,9 +10,13 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
 SERVE_PORT ?= 5001
+# make server: where its state lives, and AUTH=1 for MLflow's basic-auth app. The database and the artifact
+# destination come from $MLFLOW_BACKEND_STORE_URI and $MLFLOW_ARTIFACTS_DESTINATION (see README).
+SERVER_STATE ?= .cache/server
+AUTH ?=
 SWEEP ?= optimizer=sgd,rmsprop,adam
 
-.PHONY: install run ui sweep predict serve test test-unit test-slow lint format params clean
+.PHONY: install run ui sweep predict serve server server-stop test test-unit test-slow lint format params clean
 
 install: $(VENV)/.installed
 
@@ -36,6 +40,12 @@ predict: install  ## the champion on your images: make predict IMAGES="photo.jpg
 
 serve: install  ## REST API of the champion (mlflow models serve) on 127.0.0.1:$(SERVE_PORT) unless HOST says otherwise
 	python -m pipeline.tracking serve --host $(HOST) --port $(SERVE_PORT)
+
+server: install  ## the team's MLflow tracking server on PostgreSQL, proxied artifacts (AUTH=1: basic-auth) on $(HOST):$(PORT)
+	python -m pipeline.server start --state-dir $(SERVER_STATE) --host $(HOST) --port $(PORT) $(if $(filter 1 true yes,$(AUTH)),--auth)
+
+server-stop: install  ## stop what `make server` started: the server and its PostgreSQL cluster
+	python -m pipeline.server stop --state-dir $(SERVER_STATE)
 
 test: install  ## unit + integration tests (small real subsets of MNIST)
 	pytest

@@ -2,7 +2,8 @@
 
 A :class:`UserError` is a message for a person: :func:`fail` prints ``error: <message>`` (which names the
 file or key and what is wrong, secrets masked) and exits with status 2, without a traceback. Anything else
-is a bug and keeps its traceback. The DVC stages go through :func:`run_cli`; the Hydra app and its sweep
+is a bug and keeps its traceback, except a tracking server's refusal of a login or a permission, which
+is the user's to fix and is reported the same way. The DVC stages go through :func:`run_cli`; the Hydra app and its sweep
 callback use :func:`user_errors` around their work.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from typing import NoReturn
@@ -36,13 +38,52 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
+def refusal(exc: BaseException) -> str | None:
+    """An MLflow tracking server's refusal (HTTP 401, 403) as a message for a person; None for anything else.
+
+    Without credentials, or with wrong ones, MLflow raises its HTTP error with the server's page inside:
+    the person needs to know which server refused which user, and which variables to fix.
+    """
+    if not type(exc).__module__.startswith("mlflow"):
+        return None
+    text = str(exc)
+    code = re.search(r"error code (40[13])\b", text) or re.search(r"\b(PERMISSION_DENIED|UNAUTHENTICATED)\b", text)
+    if not code:
+        return None
+    mlflow = sys.modules.get("mlflow")
+    server = mlflow.get_tracking_uri() if mlflow else os.environ.get("MLFLOW_TRACKING_URI", "the tracking server")
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    endpoint = re.search(r"endpoint (\S+)", text)
+    what = f" ({endpoint.group(1)})" if endpoint else ""
+    if code.group(1) in ("401", "UNAUTHENTICATED"):
+        who = (
+            f"user '{user}' with the password in MLFLOW_TRACKING_PASSWORD"
+            if user and os.environ.get("MLFLOW_TRACKING_PASSWORD")
+            else "no MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD are set"
+        )
+        return (
+            f"MLflow server {server} refused the login (HTTP 401){what}: {who}. Set both to your account on "
+            "that server (README: Working as a team)"
+        )
+    return (
+        f"MLflow server {server}: user '{user}' is not allowed to do this (HTTP 403){what}. Ask the server's "
+        "admin for EDIT permission on the experiment or registered model"
+    )
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn a :class:`UserError` raised in the block into :func:`fail`."""
+    """Turn a :class:`UserError`, or a tracking server's refusal (:func:`refusal`), raised in the block
+    into :func:`fail`."""
     try:
         yield
     except UserError as exc:
         fail(str(exc))
+    except Exception as exc:
+        message = refusal(exc)
+        if message is None:
+            raise
+        fail(message)
 
 
 def run_cli(fn: Callable[[], object], fast_exit: bool = False) -> None:

@@ -229,8 +229,10 @@ class SweepCallback(Callback):
         overrides = [str(o) for o in config.hydra.overrides.task]
         keys = swept_keys(config)
         name = "sweep-" + time.strftime("%Y%m%d-%H%M%S") + (f"-{'-'.join(keys)}" if keys else "")
-        # The experiment (and the SQLite schema) is created here, once, before parallel jobs start.
-        self.experiment_id = tracking.setup(cfg.tracking)
+        # The experiment (and the SQLite schema) is created here, once, before parallel jobs start. An
+        # unreachable server or a refused login ends the sweep here, before any job.
+        with user_errors():
+            self.experiment_id = tracking.setup(cfg.tracking)
         self.tracking_uri = tracking.tracking_uri(cfg.tracking)
         tags = tracking.run_tags(
             cfg,

@@ -28,6 +28,7 @@ training run, and its metrics are linked to the logged model by ``model_id``.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import hashlib
 import json
 import os
@@ -36,12 +37,15 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -135,9 +139,28 @@ def retry(fn: Callable[..., T], *args: Any, recover: Callable[[], T | None] | No
     raise AssertionError("unreachable")
 
 
+def check_reachable(uri: str, timeout: float = 10.0) -> None:
+    """A tracking server that does not answer fails at once with a clear error, not after MLflow's retries
+    (minutes). Its ``/health`` needs no login: a refused login is reported by the first real call."""
+    if urlsplit(uri).scheme not in ("http", "https"):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return  # it answers; what it says about the real calls, MLflow reports
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise DataError(
+            f"MLflow tracking server {redact(uri)} is not reachable ({reason}): start it (make server), or point "
+            "MLFLOW_TRACKING_URI / tracking.uri at a running one"
+        ) from None
+
+
 def setup(tracking: TrackingConfig) -> str:
     """Point MLflow at the store and return the experiment id, creating the experiment if needed."""
     uri = tracking_uri(tracking)
+    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     # First use of a SQLite store creates its tables; two processes doing that at once fail
     # ('duplicate column name'), so first contact is serialised across processes.
@@ -266,6 +289,8 @@ def git_commit() -> str | None:
 
 def run_tags(cfg: Config, extra: dict[str, str] | None = None) -> dict[str, str]:
     tags = {"data_sha256": data_hash(cfg), "dataset": cfg.dataset.name, "optimizer": cfg.optimizer.name}
+    # The run's user: the login on a tracking server with accounts, else the local user (MLflow's own default).
+    tags["mlflow.user"] = os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
     commit = os.environ.get("DVC_EXP_BASELINE_REV") or git_commit()
     if commit:
         tags["git_commit"] = commit
@@ -468,6 +493,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args[:1] == ["serve"]:
         os.environ["MLFLOW_TRACKING_URI"] = uri  # else MLflow looks for ./mlflow.db wherever this runs
         os.execvp("mlflow", ["mlflow", "models", "serve", "-m", champion, "--env-manager", "local", *args[1:]])
+    elif args[:1] == ["ui"] and urlsplit(uri).scheme in SERVER_SCHEMES:
+        print(f"MLflow UI: {uri}/#/experiments?workflowType=machine_learning (the tracking server serves it)")
     elif args[:1] == ["ui"]:
         host = args[args.index("--host") + 1] if "--host" in args else "127.0.0.1"
         port = args[args.index("--port") + 1] if "--port" in args else "5000"
