@@ -14,6 +14,8 @@ SERVE_PORT ?= 5001
 # destination come from $MLFLOW_BACKEND_STORE_URI and $MLFLOW_ARTIFACTS_DESTINATION (see README).
 SERVER_STATE ?= .cache/server
 AUTH ?=
+# passed on to `mlflow server`, e.g. SERVER_ARGS="--allowed-hosts mlflow.example.com"
+SERVER_ARGS ?=
 SWEEP ?= optimizer=sgd,rmsprop,adam
 
 .PHONY: install run ui sweep predict serve server server-stop test test-unit test-slow lint format params clean
@@ -42,7 +44,7 @@ serve: install  ## REST API of the champion (mlflow models serve) on 127.0.0.1:$
 	python -m pipeline.tracking serve --host $(HOST) --port $(SERVE_PORT)
 
 server: install  ## the team's MLflow tracking server on PostgreSQL, proxied artifacts (AUTH=1: basic-auth) on $(HOST):$(PORT)
-	python -m pipeline.server start --state-dir $(SERVER_STATE) --host $(HOST) --port $(PORT) $(if $(filter 1 true yes,$(AUTH)),--auth)
+	python -m pipeline.server start --state-dir $(SERVER_STATE) --host $(HOST) --port $(PORT) $(if $(filter 1 true yes,$(AUTH)),--auth) $(SERVER_ARGS)
 
 server-stop: install  ## stop what `make server` started: the server and its PostgreSQL cluster
 	python -m pipeline.server stop --state-dir $(SERVER_STATE)

@@ -28,9 +28,11 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -158,6 +160,7 @@ def gate(
     when the champion was scored on another one). The active tracking URI is the store's.
     """
     import mlflow
+    from mlflow.entities import RunTag
 
     from pipeline import tracking
 
@@ -196,10 +199,13 @@ def gate(
         tags = {f"{TAG_PREFIX}{k}": str(v) for k, v in decision.as_dict().items()}
         if created:  # a version's tags keep the decision made when it was registered; re-gating tags only the run
             version_tags = {**tags, TAG_PREFIX + "eval_run_id": run_id, TAG_PREFIX + "test_digest": digest}
-            for key, value in version_tags.items():
-                tracking.retry(client.set_model_version_tag, cfg.name, decision.version, key, value)
-        for key, value in tags.items():
-            tracking.retry(client.set_tag, run_id, key, value)
+            # One call per tag (the registry has no batch call): side by side against a server, where each
+            # is a round trip (14 in a row cost 0.8 s); in turn against SQLite, which has one writer.
+            server = urlsplit(mlflow.get_tracking_uri()).scheme in tracking.SERVER_SCHEMES
+            with ThreadPoolExecutor(max_workers=8 if server else 1) as pool:
+                list(pool.map(lambda kv: tracking.retry(client.set_model_version_tag, cfg.name, decision.version, *kv),
+                              version_tags.items()))  # fmt: skip
+        tracking.retry(client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         if promote:
             tracking.retry(client.set_registered_model_alias, cfg.name, cfg.alias, decision.version)
     log.info("registry: %s", decision.summary())

@@ -249,6 +249,9 @@ def start(
     state.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ if environ is None else environ)
     env.pop("MLFLOW_TRACKING_URI", None)  # the server's own store is the backend below, never a client setting
+    # MLflow's job runner (GenAI judges, trace roll-ups: about ten huey worker processes) does nothing for
+    # model training runs; off unless asked for.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     pg_data = pg_port = None
     if backend:
         backend_uri, password = split_password(backend)

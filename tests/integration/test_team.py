@@ -256,7 +256,7 @@ def test_a_member_logs_once_the_admin_grants_access_and_no_secret_is_stored(team
     assert "user 'alice' is not allowed to do this (HTTP 403)" in denied.stderr and "Traceback" not in denied.stderr
     experiment = client(team.uri).get_experiment_by_name("mnist-cnn")
     users.grant_user_permission("alice", "experiment", experiment.experiment_id, "EDIT")
-    users.grant_user_permission("alice", "registered_model", f"{team.small.name}-cnn", "MANAGE")
+    users.grant_user_permission("alice", "registered_model", f"{team.small.name}-cnn", "EDIT")
 
     allowed = subprocess.run(run_app, cwd=team.repo, env=alice, capture_output=True, text=True, timeout=600)
     team.printed += [denied.stdout, denied.stderr, allowed.stdout, allowed.stderr]
@@ -350,3 +350,29 @@ def test_a_push_to_a_broken_remote_fails_clearly_and_loses_nothing(team, s3, fau
     assert elapsed < 120, f"took {elapsed:.0f} s"
     assert tree_digest(repo / ".dvc" / "cache", repo / "models", repo / "data", repo / "reports") == before
     dvc(repo, env, "remote", "remove", name)
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_resolves_the_champion_through_the_server(team, tmp_path):
+    """`make serve` against the team's server: `models:/<name>@champion` is looked up and downloaded through it."""
+    from tests.integration.test_predict import wait_for
+
+    port = free_port()
+    command = [sys.executable, "-m", "pipeline.tracking", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(command, cwd=team.repo, env=team.env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for(f"http://127.0.0.1:{port}/ping", server)
+        x, _ = load_split(team.repo / "data" / "processed", "test")
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": x[:5].tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            served = np.asarray(json.loads(response.read())["predictions"])
+        np.testing.assert_allclose(served, champion_model(team).predict(x[:5]), atol=1e-5)
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)
+    assert not list(team.repo.rglob("*.db")) and not list(tmp_path.rglob("*.db"))
