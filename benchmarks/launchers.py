@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import ROOT, env, prepare_repo
 
 sys.path.insert(0, str(ROOT))
-from tests.integration.test_predict import free_port
+from pipeline.server import free_port
 from tests.integration.test_ray import start_node, stop_node
 
 JOBS = "optimizer=sgd,adam"

@@ -1,10 +1,11 @@
-"""A sweep through Hydra's Ray launcher on a real two-node Ray cluster on 127.0.0.1.
+"""A sweep through Hydra's Ray launcher on a real two-node Ray cluster on this machine, logging to an MLflow
+server on PostgreSQL (``pipeline.server``, what ``make server`` runs) and to the project's SQLite store.
 
-The head node runs in the project (a fresh copy of the repository: its MLflow store, its prepared data); the
-worker node runs in a folder of its own, with no ``DATA_MIRROR`` and no MLflow setting in its environment, as a
-machine that shares no filesystem with the head would. Each node is a ``ray start --block`` process of its own
-(stopped by its pid at the end, never ``ray stop``, which stops every Ray node of the machine); the sweep is a
-process of its own too (a Ray driver), as a user runs it.
+Neither node runs in the project: each runs in an empty folder of its own, with no ``DATA_MIRROR`` and no MLflow
+setting in its environment, as machines that share no filesystem with the one the sweep starts from would. Each
+node is a ``ray start --block`` process of its own (stopped by its pid at the end, never ``ray stop``, which
+stops every Ray node of the machine); the sweep is a process of its own too (the Ray driver), run from a copy of
+the repository as a user runs it. The cluster and the server start once for the module.
 """
 
 from __future__ import annotations
@@ -23,17 +24,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import pytest
 
+from pipeline.errors import UserError
+from pipeline.server import free_port
 from tests.conftest import stage_env
-from tests.integration.test_predict import free_port
 from tests.integration.test_run import (  # noqa: F401 (small_conf is a fixture)
     logged_models,
     printed_table,
     share_prepared_data,
     small_conf,
     split_parent,
-    store,
 )
 
 pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the ray extra is not installed")
@@ -44,8 +46,8 @@ STARTED = "Ray runtime started"
 @dataclass
 class Cluster:
     address: str
-    head_dir: Path  # where the head node's workers run (the project)
-    worker_dir: Path  # where the other node's workers run: a folder of their own
+    head_dir: Path  # where the head node's workers run: a folder of their own
+    worker_dir: Path  # where the other node's workers run: another
     auth: dict[str, str]  # the environment that lets a process join the cluster (its token)
 
 
@@ -76,14 +78,15 @@ def stop_node(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-@pytest.fixture
-def ray_cluster(repo_copy, mirror, tmp_path) -> Iterator[Cluster]:
-    """A head node (1 CPU, resource ``head``) started in the repo copy and a worker node (1 CPU, resource
-    ``worker``) started in an empty folder, the cluster reached at 127.0.0.1:PORT."""
-    share_prepared_data(repo_copy)
+@pytest.fixture(scope="module")
+def ray_cluster(mirror, tmp_path_factory) -> Iterator[Cluster]:
+    """A head node (1 CPU, resource ``head``) and a worker node (1 CPU, resource ``worker``), each started in an
+    empty folder, the cluster reached at 127.0.0.1:PORT."""
     # Ray's Unix sockets live under its temp folder: tmp_path is too long for their ~107-character limit.
     temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-    worker_dir = tmp_path / "worker-node"
+    base = tmp_path_factory.mktemp("ray-nodes")
+    head_dir, worker_dir = base / "head-node", base / "worker-node"
+    head_dir.mkdir()
     worker_dir.mkdir()
     port = free_port()
     # Token authentication, as on a real cluster (Ray turns it on by itself once ~/.ray/auth_token exists):
@@ -91,36 +94,64 @@ def ray_cluster(repo_copy, mirror, tmp_path) -> Iterator[Cluster]:
     token = temp / "auth_token"
     token.write_text(secrets.token_hex(32))
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-    head_env = stage_env(mirror, **auth)
-    worker_env = {k: v for k, v in stage_env(mirror, **auth).items() if k != "DATA_MIRROR"}
+    node_env = {k: v for k, v in stage_env(mirror, **auth).items() if k != "DATA_MIRROR"}
     nodes = []
     try:
         nodes.append(
             start_node(
                 ["--head", f"--port={port}", "--num-cpus=1", '--resources={"head": 1}',
                  f"--temp-dir={temp}", "--include-dashboard=false", f"--ray-client-server-port={free_port()}"],
-                repo_copy, head_env, tmp_path / "head.log",
+                head_dir, node_env, base / "head.log",
             )
         )  # fmt: skip
         nodes.append(
             start_node(
                 [f"--address=127.0.0.1:{port}", "--num-cpus=1", '--resources={"worker": 1}'],
-                worker_dir, worker_env, tmp_path / "worker.log",
+                worker_dir, node_env, base / "worker.log",
             )
         )  # fmt: skip
-        yield Cluster(f"127.0.0.1:{port}", repo_copy, worker_dir, auth)
+        yield Cluster(f"127.0.0.1:{port}", head_dir, worker_dir, auth)
     finally:
         for node in reversed(nodes):
             stop_node(node)
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def tracking_server() -> Iterator[str]:
+    """``mlflow server`` on a PostgreSQL cluster of its own, artifacts proxied to a folder; its URI."""
+    from pipeline.server import pg_binary, start, stop
+
+    try:
+        pg_binary("initdb")
+    except UserError:  # as in test_team.py: a failure under REQUIRE_SERVICES=1 (.ci/run), else a skip
+        missing = "PostgreSQL is not installed (apt-get install postgresql)"
+        (pytest.fail if os.environ.get("REQUIRE_SERVICES") == "1" else pytest.skip)(missing)
+    base = Path(tempfile.mkdtemp(prefix="ray-server-", dir="/tmp"))
+    base.chmod(0o755)  # PostgreSQL runs as user postgres when the tests run as root
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    try:
+        yield start(base / "server", port=free_port(), workers=1, environ=environ).uri
+    finally:
+        stop(base / "server")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("where", ["server", "sqlite"])
 def test_a_sweep_runs_as_ray_tasks_on_both_nodes_under_one_parent_run(
+    where,
+    request,
     ray_cluster,
     repo_copy,
     mirror,
     small_conf,  # noqa: F811 (the fixture imported above)
 ):
+    """``server``: MLFLOW_TRACKING_URI names the server where the sweep starts, and nowhere on the nodes.
+    ``sqlite``: the project's own ``sqlite:///mlflow.db``, a path relative to the project, which the nodes'
+    folders do not hold."""
+    share_prepared_data(repo_copy)  # the sweep's own check of the data, where it starts; the nodes have none
+    uri = request.getfixturevalue("tracking_server") if where == "server" else f"sqlite:///{repo_copy / 'mlflow.db'}"
+    env = stage_env(mirror, **ray_cluster.auth, **({"MLFLOW_TRACKING_URI": uri} if where == "server" else {}))
     args = [
         "-m", "hydra/launcher=ray_cluster", f"hydra.launcher.ray.init.address={ray_cluster.address}",
         "optimizer=sgd,adam", "train.subset=300", "train.verbose=0",
@@ -129,15 +160,17 @@ def test_a_sweep_runs_as_ray_tasks_on_both_nodes_under_one_parent_run(
     start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline.run", *args],
-        cwd=repo_copy, env=stage_env(mirror, **ray_cluster.auth), capture_output=True, text=True, timeout=300,
+        cwd=repo_copy, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
-    print(f"sweep of 2 jobs through Ray: {time.monotonic() - start:.1f} s")
+    print(f"sweep of 2 jobs through Ray ({where}): {time.monotonic() - start:.1f} s")
 
-    # Both jobs logged into the sweep's store (the project's), under its parent, though the worker node's
-    # environment names no store and its folder holds no project.
-    client, runs = store(repo_copy)
+    # Both jobs logged into the sweep's store, under its parent, though no node's environment names a store.
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("mnist-cnn")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
     parent, children = split_parent(runs)
     assert len(runs) == 3 and len(children) == 2
     assert parent.info.status == "FINISHED" and parent.data.metrics["child_runs"] == 2
@@ -154,12 +187,12 @@ def test_a_sweep_runs_as_ray_tasks_on_both_nodes_under_one_parent_run(
     assert len(ips) == 1 and socket.inet_aton(ips.pop())
     by_node = {Path(c.data.tags["hydra_output_dir"]).parents[3]: c for c in children}
     assert set(by_node) == {ray_cluster.head_dir, ray_cluster.worker_dir}, by_node.keys()
-    remote = by_node[ray_cluster.worker_dir]
-    # The worker node had no DATA_MIRROR and cannot see the head's data: it downloaded the dataset from the
-    # configured mirror into its own cache, verified to the same content.
-    assert Path(remote.data.tags["data_dir"]).is_relative_to(ray_cluster.worker_dir / ".cache" / "data")
-    assert len(list((ray_cluster.worker_dir / ".cache" / "data" / "raw").glob("mnist_small-*/*-ubyte"))) == 4
-    assert remote.data.tags["data_digest"] == by_node[ray_cluster.head_dir].data.tags["data_digest"]
+    # No node had DATA_MIRROR or could see the project's data: each downloaded the dataset from its configured
+    # mirror into its own cache, verified to the same content.
+    for folder, child in by_node.items():
+        assert Path(child.data.tags["data_dir"]).is_relative_to(folder / ".cache" / "data")
+        assert len(list((folder / ".cache" / "data" / "raw").glob("mnist_small-*/*-ubyte"))) == 4
+    assert len({c.data.tags["data_digest"] for c in children}) == 1
 
     # The results table, printed and logged on the parent, as with the basic launcher.
     table = printed_table(out)
