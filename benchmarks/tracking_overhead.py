@@ -28,9 +28,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compare import env, prepare_repo  # noqa: E402
+from compare import env, prepare_repo
 
-from pipeline.server import free_port, start, stop  # noqa: E402
+from pipeline.server import free_port, start, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The phases of the train and evaluate stages that talk to MLflow (everything else is the same work).
@@ -81,7 +81,7 @@ def main() -> None:
     med = {side: statistics.median(r[side]["tracking_s"] for r in rows) for side in "AB"}
     wall = {side: statistics.median(r[side]["wall_s"] for r in rows) for side in "AB"}
     phases = sorted({p for r in rows for side in "AB" for p in r[side]["phases"]})
-    print(f"\n| phase | SQLite (s) | server on PostgreSQL (s) |\n|---|---|---|")
+    print("\n| phase | SQLite (s) | server on PostgreSQL (s) |\n|---|---|---|")
     for p in phases:
         a, b = (statistics.median(r[s]["phases"].get(p, 0.0) for r in rows) for s in "AB")
         print(f"| {p} | {a:.2f} | {b:.2f} |")
