@@ -39,7 +39,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -64,7 +64,6 @@ class Started:
     pg_data: str | None = None  # the cluster we started (None: a database given by URL)
     pg_port: int | None = None
     log: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- helpers
