@@ -108,15 +108,27 @@ def wait_for(url: str, proc, timeout: float = 180) -> None:
         time.sleep(0.5)
 
 
+def invoke(port: int, x: np.ndarray) -> np.ndarray:
+    """What `mlflow models serve` on ``port`` answers for the images ``x`` (its JSON ``inputs`` format)."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps({"inputs": x.tolist()}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return np.asarray(json.loads(response.read())["predictions"])
+
+
 @pytest.mark.slow
 def test_mlflow_serves_the_champion_and_answers_like_the_model(champion, tmp_path):
     """`make serve`'s command: `mlflow models serve -m models:/<name>@champion --env-manager local`."""
-    import json
     import os
     import signal
     import subprocess
     import sys
-    import urllib.request
     from pathlib import Path
 
     import keras
@@ -130,13 +142,7 @@ def test_mlflow_serves_the_champion_and_answers_like_the_model(champion, tmp_pat
         (tmp_path / "dvc.yaml").write_text("stages: {}\n")  # tmp_path is the project: its params.yaml names the store
         wait_for(f"http://127.0.0.1:{port}/ping", server)
         x, _ = load_split(champion.paths.processed_dir, "test")
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
-            data=json.dumps({"inputs": x[:5].tolist()}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            served = np.asarray(json.loads(response.read())["predictions"])
+        served = invoke(port, x[:5])
         expected = keras.models.load_model(champion.paths.model).predict(x[:5], verbose=0)
         assert served.shape == (5, 10) and np.allclose(served, expected, atol=1e-5)
     finally:

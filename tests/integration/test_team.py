@@ -358,7 +358,7 @@ def test_a_push_to_a_broken_remote_fails_clearly_and_loses_nothing(team, s3, fau
 @pytest.mark.slow
 def test_mlflow_models_serve_resolves_the_champion_through_the_server(team, tmp_path):
     """`make serve` against the team's server: `models:/<name>@champion` is looked up and downloaded through it."""
-    from tests.integration.test_predict import wait_for
+    from tests.integration.test_predict import invoke, wait_for
 
     port = free_port()
     command = [sys.executable, "-m", "pipeline.tracking", "serve", "--host", "127.0.0.1", "--port", str(port)]
@@ -367,13 +367,7 @@ def test_mlflow_models_serve_resolves_the_champion_through_the_server(team, tmp_
     try:
         wait_for(f"http://127.0.0.1:{port}/ping", server)
         x, _ = load_split(team.repo / "data" / "processed", "test")
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
-            data=json.dumps({"inputs": x[:5].tolist()}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            served = np.asarray(json.loads(response.read())["predictions"])
+        served = invoke(port, x[:5])
         np.testing.assert_allclose(served, champion_model(team).predict(x[:5]), atol=1e-5)
     finally:
         os.killpg(server.pid, 15)
