@@ -46,7 +46,7 @@ def refusal(exc: BaseException) -> str | None:
     """
     if not type(exc).__module__.startswith("mlflow"):
         return None
-    text = str(exc)
+    text = f"{getattr(exc, 'error_code', '')} {exc}"  # a REST error's code, or the HTTP status in the message
     code = re.search(r"error code (40[13])\b", text) or re.search(r"\b(PERMISSION_DENIED|UNAUTHENTICATED)\b", text)
     if not code:
         return None
