@@ -14,6 +14,7 @@ Run::
     MLFLOW_BACKEND_STORE_URI=postgresql://user:pw@db.example.com/mlflow \\
     MLFLOW_ARTIFACTS_DESTINATION=s3://bucket/mlflow make server
     make server-stop                     # stops what `make server` started (the server, and its cluster)
+    python -m pipeline.server status     # where it listens, its store and artifacts; exit 1 if not running
     python -m pipeline.server start|stop|status --help
 
 Both engines are started the way their own docs say: the cluster with ``initdb`` and ``pg_ctl`` (as user
@@ -353,7 +354,10 @@ def main(argv: list[str] | None = None) -> None:
             if not record.exists():
                 raise SystemExit(f"no server started from {args.state_dir}")
             s = Started(**json.loads(record.read_text()))
-            print(f"{s.uri}: {'running' if _alive(s.pid) else 'not running'} (pid {s.pid})")
+            print(f"{s.uri}: {'running' if _alive(s.pid) else 'not running'} (pid {s.pid}); store {s.backend}, "
+                  f"artifacts {s.artifacts}{', basic-auth' if s.auth else ''}; log {s.log}")  # fmt: skip
+            if not _alive(s.pid):
+                raise SystemExit(1)
 
 
 if __name__ == "__main__":
