@@ -32,7 +32,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -201,8 +200,7 @@ def gate(
             version_tags = {**tags, TAG_PREFIX + "eval_run_id": run_id, TAG_PREFIX + "test_digest": digest}
             # One call per tag (the registry has no batch call): side by side against a server, where each
             # is a round trip (14 in a row cost 0.8 s); in turn against SQLite, which has one writer.
-            server = urlsplit(mlflow.get_tracking_uri()).scheme in tracking.SERVER_SCHEMES
-            with ThreadPoolExecutor(max_workers=8 if server else 1) as pool:
+            with ThreadPoolExecutor(max_workers=8 if tracking.is_server(mlflow.get_tracking_uri()) else 1) as pool:
                 list(pool.map(lambda kv: tracking.retry(client.set_model_version_tag, cfg.name, decision.version, *kv),
                               version_tags.items()))  # fmt: skip
         tracking.retry(client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])

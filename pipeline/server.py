@@ -10,7 +10,7 @@ artifacts, generated passwords, mode 0600) under ``--state-dir`` (default ``.cac
 Run::
 
     make server                          # PostgreSQL cluster in .cache/server, artifacts in .cache/server/artifacts
-    make server SERVER_AUTH=1            # the same behind MLflow's basic-auth app
+    make server AUTH=1                   # the same behind MLflow's basic-auth app
     MLFLOW_BACKEND_STORE_URI=postgresql://user:pw@db.example.com/mlflow \\
     MLFLOW_ARTIFACTS_DESTINATION=s3://bucket/mlflow make server
     make server-stop                     # stops what `make server` started (the server, and its cluster)
@@ -92,7 +92,7 @@ def pg_binary(name: str) -> str:
         return str(versions[-1])
     raise UserError(
         f"PostgreSQL's {name} not found: install the server (Debian: apt-get install postgresql) "
-        "or give an existing database with BACKEND=postgresql://user:password@host/db"
+        "or give an existing database with MLFLOW_BACKEND_STORE_URI=postgresql://user:password@host/db"
     )
 
 
@@ -117,10 +117,10 @@ def split_password(url: str) -> tuple[str, str | None]:
     return urlunsplit((scheme, netloc, *parts[2:])), unquote(parts.password)
 
 
-def wait_healthy(url: str, proc: subprocess.Popen | None, log: Path, timeout: float = START_TIMEOUT) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = START_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
+        if proc.poll() is not None:
             tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
             raise UserError(f"mlflow server exited with status {proc.returncode}; the end of {log}:\n{tail}")
         with contextlib.suppress(OSError, urllib.error.URLError):
@@ -142,7 +142,7 @@ def start_cluster(state: Path) -> tuple[Path, int, str]:
         if os.geteuid() == 0 and any(not os.stat(p).st_mode & 0o001 for p in data.parents if p.exists()):
             raise UserError(
                 f"PostgreSQL runs as user postgres, which cannot reach {data}: allow others to enter its parent "
-                "folders (chmod o+x), choose another --state-dir, or give BACKEND=postgresql://..."
+                "folders (chmod o+x), choose another --state-dir, or give MLFLOW_BACKEND_STORE_URI=postgresql://..."
             )
         secret_file(pw_file)
         data.mkdir(parents=True, exist_ok=True)

@@ -98,6 +98,11 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :].split("?", 1)[0]) if uri.startswith("sqlite:///") else None
 
 
+def is_server(uri: str) -> bool:
+    """The store is a tracking server (each call a round trip), not a database file."""
+    return urlsplit(uri).scheme in SERVER_SCHEMES
+
+
 def artifact_location(uri: str) -> str | None:
     """A SQLite store's artifacts go to ``mlruns/`` beside its database; any other store decides itself."""
     db = _sqlite_path(uri)
@@ -493,7 +498,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args[:1] == ["serve"]:
         os.environ["MLFLOW_TRACKING_URI"] = uri  # else MLflow looks for ./mlflow.db wherever this runs
         os.execvp("mlflow", ["mlflow", "models", "serve", "-m", champion, "--env-manager", "local", *args[1:]])
-    elif args[:1] == ["ui"] and urlsplit(uri).scheme in SERVER_SCHEMES:
+    elif args[:1] == ["ui"] and is_server(uri):
         print(f"MLflow UI: {uri}/#/experiments?workflowType=machine_learning (the tracking server serves it)")
     elif args[:1] == ["ui"]:
         host = args[args.index("--host") + 1] if "--host" in args else "127.0.0.1"

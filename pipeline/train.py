@@ -385,10 +385,10 @@ def log_training(cfg: Config, result: TrainResult) -> str | None:
     tracking.log_metrics(
         {"train_time_s": result.train_seconds, "parameters": result.parameters, "train_samples": result.samples}
     )
-    replicas = len(result.devices) or 1
-    tracking.set_tags({"precision": result.precision, "strategy": result.strategy, "replicas": str(replicas)})
+    tags = {"precision": result.precision, "strategy": result.strategy, "replicas": str(len(result.devices) or 1)}
     if result.devices:
-        tracking.set_tags({"devices": ",".join(result.devices)})
+        tags["devices"] = ",".join(result.devices)
+    tracking.set_tags(tags)
     tracking.log_dataset(cfg, *result.inputs, split="train", context="training")
     tracking.log_artifact(result.history_path, "reports")
     tracking.log_artifact(result.steps_path, "reports")

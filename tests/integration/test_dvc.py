@@ -368,7 +368,8 @@ def test_make_ui_lists_the_runs_metrics_and_models_through_its_rest_api(project)
     import signal
     import urllib.request
 
-    from tests.integration.test_predict import free_port, wait_for
+    from pipeline.server import free_port
+    from tests.integration.test_predict import wait_for
 
     repo, port, venv = project["repo"], free_port(), Path(sys.executable).parent.parent
     ui = subprocess.Popen(["make", "ui", f"PORT={port}", f"VENV={venv}"], cwd=repo, env=stage_env(Path("/nonexistent")),

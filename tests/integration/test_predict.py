@@ -17,6 +17,7 @@ from pipeline.errors import run_cli
 from pipeline.evaluate import evaluate, gate, log_evaluation
 from pipeline.imageprep import to_mnist
 from pipeline.predict import main
+from pipeline.server import free_port
 from pipeline.train import log_training, train
 
 
@@ -80,14 +81,6 @@ def test_a_file_that_is_not_an_image_is_refused_without_a_traceback(tmp_path, ca
         run_cli(lambda: main([str(tmp_path / "notes.txt"), "--model", str(tmp_path / "none.keras")]))
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "notes.txt: not an image Pillow can read" in err and "Traceback" not in err
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(url: str, proc, timeout: float = 180) -> None:
