@@ -54,6 +54,15 @@ def env() -> dict[str, str]:
     return e
 
 
+def timed(cmd: list[str], repo: Path, e: dict[str, str]) -> float:
+    """Wall seconds of ``cmd`` run in ``repo``; a failure ends the benchmark with the command's last output."""
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=repo, env=e, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return time.perf_counter() - start
+
+
 def matmul_peak() -> dict[str, float]:
     out = subprocess.run([sys.executable, "-c", MATMUL], capture_output=True, text=True, env=env(), check=True)
     return {line.split()[0]: float(line.split()[1]) for line in out.stdout.splitlines() if line.strip()}

@@ -25,28 +25,19 @@ import os
 import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import ROOT, env, prepare_repo
+from compare import ROOT, env, prepare_repo, timed
 
 sys.path.insert(0, str(ROOT))
 from pipeline.server import free_port
 from tests.integration.test_ray import start_node, stop_node
 
 JOBS = "optimizer=sgd,adam"
-
-
-def timed(cmd: list[str], repo: Path, e: dict[str, str]) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=repo, env=e, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-    return time.perf_counter() - start
 
 
 def main() -> None:

@@ -14,21 +14,11 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import ROOT, env, prepare_repo
-
-
-def timed(cmd: list[str], repo: Path, mirror: str) -> float:
-    e = env()
-    e["DATA_MIRROR"] = mirror
-    start = time.perf_counter()
-    subprocess.run(cmd, cwd=repo, env=e, check=True, capture_output=True)
-    return time.perf_counter() - start
+from compare import ROOT, env, prepare_repo, timed
 
 
 def main() -> None:
@@ -37,15 +27,15 @@ def main() -> None:
     parser.add_argument("--mirror", default=os.environ.get("DATA_MIRROR", str(ROOT.parent / "shared/data/mnist")))
     parser.add_argument("overrides", nargs="*", default=["train.subset=3000"])
     args = parser.parse_args()
-    mirror = str(Path(args.mirror).resolve())
+    e = {**env(), "DATA_MIRROR": str(Path(args.mirror).resolve())}
     repo = prepare_repo([])
     app = [sys.executable, "-m", "pipeline.run", "train.verbose=0", *args.overrides]
     try:
-        timed([*app, "tracking.log_model=false", "train.subset=1"], repo, mirror)  # data prepared once
+        timed([*app, "tracking.log_model=false", "train.subset=1"], repo, e)  # data prepared once
         ratios = []
         for i in range(args.pairs):
-            one = timed(app, repo, mirror)
-            three = timed([app[0], *app[1:3], "-m", "optimizer=sgd,rmsprop,adam", *app[3:]], repo, mirror)
+            one = timed(app, repo, e)
+            three = timed([app[0], *app[1:3], "-m", "optimizer=sgd,rmsprop,adam", *app[3:]], repo, e)
             ratios.append(three / one)
             print(f"pair {i + 1}: one job {one:.1f} s | three jobs {three:.1f} s | ratio {three / one:.2f}", flush=True)
         print(f"median ratio: {statistics.median(ratios):.2f} (target <= 3.1)")

@@ -26,13 +26,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from compare import ROOT, env, prepare_repo
 
-from compare import env, prepare_repo
-
+sys.path.insert(0, str(ROOT))
 from pipeline.server import free_port, start, stop
 
-ROOT = Path(__file__).resolve().parents[1]
 #: The phases of the train and evaluate stages that talk to MLflow (everything else is the same work).
 TRACKING = ("import mlflow", "open run", "log to mlflow", "registry", "close run")
 
