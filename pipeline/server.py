@@ -51,6 +51,7 @@ DB_USER = "mlflow"
 DB_NAME = "mlflow"
 AUTH_DB_NAME = "mlflow_auth"  # its own database: both stores keep an `alembic_version` table
 START_TIMEOUT = 120.0
+RECORD = "server.json"  # in the state folder: what start started
 
 
 @dataclass
@@ -65,6 +66,15 @@ class Started:
     pg_data: str | None = None  # the cluster we started (None: a database given by URL)
     pg_port: int | None = None
     log: str = ""
+
+    def summary(self) -> str:
+        return f"store {self.backend}, artifacts {self.artifacts}{', basic-auth' if self.auth else ''}; log {self.log}"
+
+    @classmethod
+    def read(cls, state: Path) -> Started | None:
+        """The record in ``state``, or None where nothing was started from it."""
+        record = state / RECORD
+        return cls(**json.loads(record.read_text())) if record.exists() else None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -239,8 +249,8 @@ def start(
     """Start PostgreSQL (unless ``backend`` names a database) and ``mlflow server``; return what started.
     ``environ``: the server's environment (default: this process's), e.g. its storage credentials."""
     state = state.resolve()
-    if (state / "server.json").exists():
-        old = Started(**json.loads((state / "server.json").read_text()))
+    old = Started.read(state)
+    if old is not None:
         if _alive(old.pid):
             raise UserError(f"a server started from {state} is already running at {old.uri} (make server-stop)")
         stop(state)
@@ -279,7 +289,7 @@ def start(
         started = Started(
             url, proc.pid, backend_uri, destination, auth, str(pg_data) if pg_data else None, pg_port, str(log)
         )
-        write_json(state / "server.json", asdict(started))
+        write_json(state / RECORD, asdict(started))
         wait_healthy(url, proc, log)
     except BaseException:
         stop(state)
@@ -299,10 +309,9 @@ def _alive(pid: int) -> bool:
 
 def stop(state: Path, timeout: float = 30.0) -> Started | None:
     """Stop the server (its whole process group: uvicorn's workers too) and the cluster it started."""
-    record = state / "server.json"
-    if not record.exists():
+    started = Started.read(state)
+    if started is None:
         return None
-    started = Started(**json.loads(record.read_text()))
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(started.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -313,7 +322,7 @@ def stop(state: Path, timeout: float = 30.0) -> Started | None:
         os.killpg(started.pid, signal.SIGKILL)
     if started.pg_data:
         stop_cluster(Path(started.pg_data))
-    record.unlink()
+    (state / RECORD).unlink()
     return started
 
 
@@ -341,8 +350,7 @@ def main(argv: list[str] | None = None) -> None:
                 artifacts = Path(artifacts).resolve().as_uri()
             s = start(args.state_dir, args.host, args.port, args.backend_store_uri or None, artifacts or None,
                       args.auth, args.workers, tuple(extra))  # fmt: skip
-            print(f"MLflow tracking server at {s.uri} (store {s.backend}, artifacts {s.artifacts}"
-                  f"{', basic-auth' if s.auth else ''}); log: {s.log}")  # fmt: skip
+            print(f"MLflow tracking server at {s.uri}: {s.summary()}")
             if s.auth and not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
                 print(f"admin's first password is in {args.state_dir / 'admin_password'}: change it (README)")
             print(f"use it: export MLFLOW_TRACKING_URI={s.uri}")
@@ -350,13 +358,12 @@ def main(argv: list[str] | None = None) -> None:
             stopped = stop(args.state_dir)
             print(f"stopped the server at {stopped.uri}" if stopped else f"no server started from {args.state_dir}")
         else:
-            record = args.state_dir / "server.json"
-            if not record.exists():
+            found = Started.read(args.state_dir)
+            if found is None:
                 raise SystemExit(f"no server started from {args.state_dir}")
-            s = Started(**json.loads(record.read_text()))
-            print(f"{s.uri}: {'running' if _alive(s.pid) else 'not running'} (pid {s.pid}); store {s.backend}, "
-                  f"artifacts {s.artifacts}{', basic-auth' if s.auth else ''}; log {s.log}")  # fmt: skip
-            if not _alive(s.pid):
+            running = _alive(found.pid)
+            print(f"{found.uri}: {'running' if running else 'not running'} (pid {found.pid}); {found.summary()}")
+            if not running:
                 raise SystemExit(1)
 
 
