@@ -28,6 +28,7 @@ training run, and its metrics are linked to the logged model by ``model_id``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import hashlib
 import json
@@ -144,6 +145,7 @@ def retry(fn: Callable[..., T], *args: Any, recover: Callable[[], T | None] | No
     raise AssertionError("unreachable")
 
 
+@functools.cache  # once per server and process (setup runs for every run opened); a failure is not cached
 def check_reachable(uri: str, timeout: float = 10.0) -> None:
     """A tracking server that does not answer fails at once with a clear error, not after MLflow's retries
     (minutes). Its ``/health`` needs no login: a refused login is reported by the first real call."""
