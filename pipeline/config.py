@@ -209,6 +209,7 @@ class TrainConfig:
     lr_scale: float = checked(1.0, **POSITIVE)
     precision: str = checked("float32", **_one_of(*PRECISIONS))
     deterministic: bool = True
+    fast_kernels: bool = True
     backup_every: int = checked(500, **AT_LEAST_1)
     log_every: int = checked(100, **AT_LEAST_1)
     steps_per_execution: int = checked(1, **AT_LEAST_1)

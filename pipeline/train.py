@@ -42,6 +42,7 @@ from pipeline.config import Config, TrainConfig, config_hash, load_params
 from pipeline.data import load_split
 from pipeline.errors import ConfigError, run_cli
 from pipeline.files import atomic_path, exclusive_lock, remove, write_json
+from pipeline.kernels import fast_kernels
 from pipeline.runtime import import_tensorflow
 from pipeline.timing import Timer
 
@@ -259,7 +260,11 @@ def train(cfg: Config, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Tr
         if backup.exists():
             log.warning("resuming an interrupted training from %s", backup)
         start = time.perf_counter()
-        with atomic_path(paths.history) as history_tmp, atomic_path(paths.steps) as steps_tmp:
+        with (
+            atomic_path(paths.history) as history_tmp,
+            atomic_path(paths.steps) as steps_tmp,
+            fast_kernels(model, enabled=t.fast_kernels and strategy is None),
+        ):
             hist = model.fit(
                 x,
                 y,

@@ -1,0 +1,137 @@
+"""Where a training step's time goes, op by op (TensorFlow's profiler), for any training config.
+
+Consumes: the processed training split (``--data``, default ``data/processed/train.npz``). Produces: a table
+on stdout and ``benchmarks/results/step-profile-<time>.json``: the step's wall milliseconds, and for each
+TensorFlow op type the milliseconds per step spent in it, summed over the executor's threads (TensorFlow
+runs independent ops side by side, so the sum exceeds the wall time), grouped into convolutions, matmuls,
+the optimizer's update, dropout, and the rest.
+
+It builds and compiles the model as the train stage does (``pipeline.train.compile_model``, the kernels of
+``train.fast_kernels``), fits ``--warmup`` steps to trace and warm up, then profiles ``--steps`` steps with
+``tf.profiler.experimental`` and reads the trace (XPlane) it writes.
+
+Run: ``python benchmarks/step_profile.py --steps 200 [overrides...]``, e.g. ``train.fast_kernels=false``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+GROUPS = {  # op type (oneDNN's _Mkl* names included) -> group, by substring, first match wins
+    "Conv2D": "convolution",
+    "MatMul": "matmul",
+    "ApplyAdam": "optimizer",
+    "Assign": "optimizer",
+    "Sqrt": "optimizer",
+    "RealDiv": "optimizer",
+    "Square": "optimizer",
+    "Random": "dropout",
+    "SelectV2": "dropout",
+    "GreaterEqual": "dropout",
+    "Pool": "pooling",
+    "Relu": "activation",
+}
+
+
+def group_of(op_type: str) -> str:
+    return next((g for key, g in GROUPS.items() if key in op_type), "other")
+
+
+def op_times(logdir: str) -> dict[str, float]:
+    """Seconds per op type in the trace: events on TensorFlow's executor threads named ``<node>:<op type>``."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    [path] = Path(logdir).rglob("*.xplane.pb")
+    space = xplane_pb2.XSpace()
+    space.ParseFromString(path.read_bytes())
+    seconds: dict[str, float] = collections.defaultdict(float)
+    for plane in space.planes:
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):
+                continue
+            for event in line.events:
+                node, sep, op_type = names.get(event.metadata_id, "").rpartition(":")
+                if sep and node:
+                    seconds[op_type] += event.duration_ps / 1e12
+    return dict(seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--data", default=str(ROOT / "data" / "processed" / "train.npz"))
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+
+    from pipeline.runtime import import_tensorflow
+
+    tf = import_tensorflow()
+    import keras
+    import numpy as np
+
+    from pipeline.config import compose, validate
+    from pipeline.kernels import fast_kernels
+    from pipeline.train import compile_model, resolve_precision
+
+    cfg = validate(compose(args.overrides))
+    t = cfg.train
+    if t.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(cfg.seed)
+    model = compile_model(cfg, resolve_precision(t))
+    n = t.batch_size * (args.warmup + args.steps)
+    with np.load(args.data) as npz:
+        x, y = npz["x"][:n].astype(np.float32) / np.float32(255), npz["y"][:n]
+    warm, timed = slice(0, t.batch_size * args.warmup), slice(t.batch_size * args.warmup, n)
+    with fast_kernels(model, enabled=t.fast_kernels) as swapped, tempfile.TemporaryDirectory() as logdir:
+        model.fit(x[warm], y[warm], batch_size=t.batch_size, epochs=1, verbose=0)
+        tf.profiler.experimental.start(logdir)
+        start = time.perf_counter()
+        model.fit(x[timed], y[timed], batch_size=t.batch_size, epochs=1, verbose=0)
+        wall = time.perf_counter() - start
+        tf.profiler.experimental.stop()
+        seconds = op_times(logdir)
+    per_step = {op: 1000 * s / args.steps for op, s in sorted(seconds.items(), key=lambda kv: -kv[1])}
+    groups: dict[str, float] = collections.defaultdict(float)
+    for op, ms in per_step.items():
+        groups[group_of(op)] += ms
+    print(f"{' '.join(args.overrides) or 'defaults'}: kernels swapped in: {', '.join(swapped) or 'none'}")
+    print(f"step: {1000 * wall / args.steps:.1f} ms wall (profiled), batch {t.batch_size}")
+    print(f"op time per step, summed over threads: {sum(per_step.values()):.1f} ms")
+    for name, ms in sorted(groups.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:12s} {ms:6.2f} ms")
+    for op, ms in list(per_step.items())[:15]:
+        print(f"    {op:45s} {ms:6.2f} ms")
+    record = ROOT / "benchmarks" / "results" / f"step-profile-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    record.write_text(
+        json.dumps(
+            {
+                "overrides": args.overrides,
+                "steps": args.steps,
+                "swapped": swapped,
+                "step_ms": round(1000 * wall / args.steps, 2),
+                "groups_ms": {k: round(v, 3) for k, v in groups.items()},
+                "ops_ms": {k: round(v, 3) for k, v in per_step.items()},
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"wrote {record.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
