@@ -28,43 +28,43 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-GROUPS = {  # op type (oneDNN's _Mkl* names included) -> group, by substring, first match wins
-    "Conv2D": "convolution",
-    "MatMul": "matmul",
-    "ApplyAdam": "optimizer",
-    "Assign": "optimizer",
-    "Sqrt": "optimizer",
-    "RealDiv": "optimizer",
-    "Square": "optimizer",
-    "Random": "dropout",
-    "SelectV2": "dropout",
-    "GreaterEqual": "dropout",
-    "Pool": "pooling",
-    "Relu": "activation",
+GROUPS = {  # a word in the op's node name (its layer or the optimizer) -> group; the first match wins
+    "/adam/": "optimizer",
+    "/sgd/": "optimizer",
+    "/rmsprop/": "optimizer",
+    "dropout": "dropout",
+    "conv2d": "convolution",
+    "dense": "dense (matmul)",
+    "max_pooling": "pooling",
+    "activation": "activation",
 }
 
 
-def group_of(op_type: str) -> str:
-    return next((g for key, g in GROUPS.items() if key in op_type), "other")
+def group_of(node: str, op_type: str) -> str:
+    if "Conv2D" in op_type:  # forward (fused with its ReLU, so named after the activation) and backward
+        return "convolution"
+    return next((g for key, g in GROUPS.items() if key in node.lower()), "other (loss, metrics, input)")
 
 
-def op_times(logdir: str) -> dict[str, float]:
-    """Seconds per op type in the trace: events on TensorFlow's executor threads named ``<node>:<op type>``."""
+def op_times(logdir: str) -> dict[tuple[str, str], float]:
+    """Seconds per (group, op type) in the trace: the events on TensorFlow's executor threads named
+    ``<node>:<op type>`` (not the executor's own ``ExecutorState::Process`` spans that enclose them)."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     [path] = Path(logdir).rglob("*.xplane.pb")
     space = xplane_pb2.XSpace()
     space.ParseFromString(path.read_bytes())
-    seconds: dict[str, float] = collections.defaultdict(float)
+    seconds: dict[tuple[str, str], float] = collections.defaultdict(float)
     for plane in space.planes:
         names = {k: v.name for k, v in plane.event_metadata.items()}
         for line in plane.lines:
             if not line.name.startswith("tf_Compute"):
                 continue
             for event in line.events:
-                node, sep, op_type = names.get(event.metadata_id, "").rpartition(":")
-                if sep and node:
-                    seconds[op_type] += event.duration_ps / 1e12
+                name = names.get(event.metadata_id, "")
+                node, sep, op_type = name.rpartition(":")
+                if sep and node and "::" not in name:
+                    seconds[group_of(node, op_type), op_type] += event.duration_ps / 1e12
     return dict(seconds)
 
 
@@ -104,17 +104,20 @@ def main() -> None:
         wall = time.perf_counter() - start
         tf.profiler.experimental.stop()
         seconds = op_times(logdir)
-    per_step = {op: 1000 * s / args.steps for op, s in sorted(seconds.items(), key=lambda kv: -kv[1])}
+    per_step = {key: 1000 * s / args.steps for key, s in sorted(seconds.items(), key=lambda kv: -kv[1])}
     groups: dict[str, float] = collections.defaultdict(float)
-    for op, ms in per_step.items():
-        groups[group_of(op)] += ms
+    ops: dict[str, float] = collections.defaultdict(float)
+    for (group, op), ms in per_step.items():
+        groups[group] += ms
+        ops[op] += ms
     print(f"{' '.join(args.overrides) or 'defaults'}: kernels swapped in: {', '.join(swapped) or 'none'}")
     print(f"step: {1000 * wall / args.steps:.1f} ms wall (profiled), batch {t.batch_size}")
     print(f"op time per step, summed over threads: {sum(per_step.values()):.1f} ms")
     for name, ms in sorted(groups.items(), key=lambda kv: -kv[1]):
-        print(f"  {name:12s} {ms:6.2f} ms")
-    for op, ms in list(per_step.items())[:15]:
-        print(f"    {op:45s} {ms:6.2f} ms")
+        print(f"  {name:28s} {ms:6.2f} ms")
+        for (group, op), op_ms in per_step.items():
+            if group == name and op_ms >= 0.2:
+                print(f"      {op:45s} {op_ms:6.2f} ms")
     record = ROOT / "benchmarks" / "results" / f"step-profile-{time.strftime('%Y%m%d-%H%M%S')}.json"
     record.write_text(
         json.dumps(
@@ -124,7 +127,8 @@ def main() -> None:
                 "swapped": swapped,
                 "step_ms": round(1000 * wall / args.steps, 2),
                 "groups_ms": {k: round(v, 3) for k, v in groups.items()},
-                "ops_ms": {k: round(v, 3) for k, v in per_step.items()},
+                "ops_ms": {k: round(v, 3) for k, v in ops.items()},
+                "group_ops_ms": {f"{g}: {op}": round(v, 3) for (g, op), v in per_step.items()},
             },
             indent=2,
         )
