@@ -1,6 +1,6 @@
 # Entry points: `make run` (the pipeline), `make ui` (MLflow UI), `make test` (unit + integration tests),
-# `make test-unit` (seconds), `make test-slow` (full data), `make lint`. Each creates .venv and installs
-# the project first, so none needs an activated environment.
+# `make test-unit` (seconds), `make test-services` (servers, clusters), `make test-slow` (full data),
+# `make lint`. Each creates .venv and installs the project first, so none needs an activated environment.
 VENV ?= .venv
 PYTHON ?= python3
 HOST ?= 127.0.0.1
@@ -18,7 +18,7 @@ AUTH ?=
 SERVER_ARGS ?=
 SWEEP ?= optimizer=sgd,rmsprop,adam
 
-.PHONY: install run ui sweep predict serve server server-stop test test-unit test-slow lint format params clean
+.PHONY: install run ui sweep predict serve server server-stop test test-unit test-services test-slow test-all lint format params clean
 
 install: $(VENV)/.installed
 
@@ -49,14 +49,19 @@ server: install  ## the team's MLflow tracking server on PostgreSQL, proxied art
 server-stop: install  ## stop what `make server` started: the server and its PostgreSQL cluster
 	python -m pipeline.server stop --state-dir $(SERVER_STATE)
 
-test: install  ## unit + integration tests (small real subsets of MNIST)
+test: install  ## unit + integration tests (small real subsets of MNIST), the quick suite
 	pytest
+
+test-services: install  ## tests that start servers, clusters or devices: the team set-up, Ray, MirroredStrategy
+	pytest -m "services and not slow"
 
 test-unit: install  ## unit tests: synthetic arrays, in-process, seconds
 	pytest tests/unit
 
-test-slow: install  ## full-data tests: the default pipeline end to end
+test-slow: install  ## full-data tests: the default pipeline end to end, serving, the UI
 	pytest -m slow
+
+test-all: test test-services test-slow  ## everything CI runs
 
 lint: install  ## ruff (lint and format check) and mypy, as CI runs them
 	ruff check .

@@ -38,6 +38,8 @@ from tests.integration.test_run import (  # noqa: F401 (small_conf is a fixture)
     split_parent,
 )
 
+pytestmark = pytest.mark.services  # make test-services (and CI); not in the quick `make test`
+
 pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the ray extra is not installed")
 RAY = Path(sys.executable).parent / "ray"
 STARTED = "Ray runtime started"

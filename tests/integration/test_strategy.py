@@ -32,6 +32,7 @@ SAME_RUN = ("train.subset=2000", "train.verbose=0", "model.conv_dropout=0", "mod
 TWO_CPUS = ("train.strategy=mirrored", "train.devices=[/cpu:0,/cpu:1]")
 
 
+@pytest.mark.services  # two logical CPUs in a process of their own: make test-services (and CI)
 def test_mirrored_over_two_logical_cpus_trains_logs_and_evaluates_like_default(
     repo_copy,
     mirror,

@@ -36,6 +36,8 @@ from tests.conftest import copy_repo, stage_env
 from tests.integration.test_dvc import add_datasets, dvc, ran
 from tests.integration.test_run import assert_nowhere, written_files
 
+pytestmark = pytest.mark.services  # make test-services (and CI); not in the quick `make test`
+
 REQUIRE = os.environ.get("REQUIRE_SERVICES") == "1"
 ADMIN_PASSWORD = "admin-pw-team-5821"
 ALICE_PASSWORD = "alice-pw-team-7713"
