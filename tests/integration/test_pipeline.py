@@ -15,14 +15,22 @@ from pipeline import tracking
 from pipeline.data import load_split
 from pipeline.evaluate import evaluate, log_evaluation
 from pipeline.model import SEED_PARAMETERS
-from pipeline.train import epoch_logger, log_training, train
+from pipeline.train import epoch_logger, log_training, model_requirements, train
 
 
 def client_for(cfg) -> mlflow.MlflowClient:
     return mlflow.MlflowClient(tracking.tracking_uri(cfg.tracking))
 
 
-def test_train_evaluate_one_mlflow_run(make_cfg):
+def test_train_evaluate_one_mlflow_run(make_cfg, monkeypatch):
+    import importlib_metadata
+    from mlflow.utils import environment, requirements_utils
+
+    # MLflow's requirement check reads every installed distribution's file list; log_model skips it.
+    scans: list[int] = []
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)  # no map cached by an earlier test
+    monkeypatch.setattr(importlib_metadata, "packages_distributions", lambda: scans.append(1) or {})
+    check = environment.warn_dependency_requirement_mismatches
     cfg = make_cfg("optimizer=sgd", "train.epochs=2")
     with tracking.start_run(cfg) as run:
         result = train(cfg, callbacks=[epoch_logger()])
@@ -67,6 +75,10 @@ def test_train_evaluate_one_mlflow_run(make_cfg):
     # One logged model, with the run's params, and the test metrics linked to it.
     (logged,) = client.search_logged_models(experiment_ids=[r.info.experiment_id])
     assert logged.model_id == model_id and logged.status.to_proto() == 2  # READY
+    # Its requirements pin this environment's versions, logged without scanning every package (check put back).
+    requirements = mlflow.artifacts.download_artifacts(artifact_uri=f"{logged.artifact_location}/requirements.txt")
+    assert set(model_requirements()) <= set(Path(requirements).read_text().split())
+    assert scans == [] and environment.warn_dependency_requirement_mismatches is check
     linked = {m.key: m.value for m in logged.metrics if m.run_id == r.info.run_id}
     assert linked["test_accuracy"] == metrics["test_accuracy"]
 
