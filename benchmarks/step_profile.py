@@ -1,13 +1,13 @@
 """Where a training step's time goes, op by op (TensorFlow's profiler), for any training config.
 
-Consumes: the processed training split (``--data``, default ``data/processed/train.npz``). Produces: a table
+Consumes: the processed training split (``--processed-dir``, default ``data/processed``). Produces: a table
 on stdout and ``benchmarks/results/step-profile-<time>.json``: the step's wall milliseconds, and for each
 TensorFlow op type the milliseconds per step spent in it, summed over the executor's threads (TensorFlow
 runs independent ops side by side, so the sum exceeds the wall time), grouped into convolutions, matmuls,
 the optimizer's update, dropout, and the rest.
 
-It builds and compiles the model as the train stage does (``pipeline.train.compile_model``, the kernels of
-``train.fast_kernels``), fits ``--warmup`` steps to trace and warm up, then profiles ``--steps`` steps with
+It builds, seeds and compiles the model as the train stage does (``pipeline.train.seeded_model``, the
+kernels of ``train.fast_kernels``) and loads the data as it does (``pipeline.data.load_split``), fits ``--warmup`` steps to trace and warm up, then profiles ``--steps`` steps with
 ``tf.profiler.experimental`` and reads the trace (XPlane) it writes.
 
 Run: ``python benchmarks/step_profile.py --steps 200 [overrides...]``, e.g. ``train.fast_kernels=false``.
@@ -72,29 +72,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--data", default=str(ROOT / "data" / "processed" / "train.npz"))
+    parser.add_argument("--processed-dir", default=str(ROOT / "data" / "processed"))
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
     from pipeline.runtime import import_tensorflow
 
     tf = import_tensorflow()
-    import keras
-    import numpy as np
-
     from pipeline.config import compose, validate
+    from pipeline.data import load_split
     from pipeline.kernels import fast_kernels
-    from pipeline.train import compile_model, resolve_precision
+    from pipeline.train import seeded_model
 
     cfg = validate(compose(args.overrides))
     t = cfg.train
-    if t.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(cfg.seed)
-    model = compile_model(cfg, resolve_precision(t))
+    model, _ = seeded_model(cfg)
     n = t.batch_size * (args.warmup + args.steps)
-    with np.load(args.data) as npz:
-        x, y = npz["x"][:n].astype(np.float32) / np.float32(255), npz["y"][:n]
+    x, y = load_split(args.processed_dir, "train", cfg.dataset.num_classes)
     warm, timed = slice(0, t.batch_size * args.warmup), slice(t.batch_size * args.warmup, n)
     with fast_kernels(model, enabled=t.fast_kernels) as swapped, tempfile.TemporaryDirectory() as logdir:
         model.fit(x[warm], y[warm], batch_size=t.batch_size, epochs=1, verbose=0)
