@@ -35,6 +35,7 @@ class Timer:
         self.stage = stage
         self.times: dict[str, float] = {"start": process_age()}
         self._last = time.perf_counter()
+        self.parallel: dict[str, float] = {}
 
     def mark(self, name: str) -> float:
         """Attribute the time since the previous mark to ``name`` (added up if it recurs); return it."""
@@ -50,6 +51,12 @@ class Timer:
         for name, seconds in phases.items():
             self.times[name] = self.times.get(name, 0.0) + seconds
 
+    def beside(self, phases: dict[str, float], process: str) -> None:
+        """Record ``phases`` measured in another process that ran beside this one (:func:`pipeline.runtime.forked`):
+        reported as ``<process>: <phase>`` and left out of ``total``, which stays this process's wall time."""
+        for name, seconds in phases.items():
+            self.parallel[f"{process}: {name}"] = seconds
+
     def phases(self) -> dict[str, float]:
         """The marked phases without ``start``: what a stage function hands its caller for :meth:`add`."""
         return {k: v for k, v in self.times.items() if k != "start"}
@@ -57,5 +64,6 @@ class Timer:
     def report(self) -> dict[str, float]:
         rounded = {k: round(v, 2) for k, v in self.times.items() if round(v, 2) or k == "start"}
         rounded["total"] = round(sum(self.times.values()), 2)
+        rounded.update({k: round(v, 2) for k, v in self.parallel.items()})
         log.info("timings %s: %s", self.stage, json.dumps(rounded))
         return rounded

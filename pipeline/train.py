@@ -320,6 +320,7 @@ def epoch_logger(log_every: int = 100) -> keras.callbacks.Callback:
     """A Keras callback logging to the active run: each epoch's metrics and wall time (step = epoch), and
     every ``log_every`` steps the running loss and accuracy as ``batch_loss``, ``batch_accuracy`` (step =
     the global training step: the curve of a one-epoch run)."""
+    import_tensorflow()  # before Keras: the notices once, and without what Keras would import for nothing
     import keras
 
     from pipeline import tracking

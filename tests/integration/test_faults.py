@@ -224,6 +224,24 @@ def test_exception_leaves_run_failed_and_no_outputs(make_cfg, tmp_path):
     assert not Path(cfg.paths.model).exists() and not Path(cfg.paths.history).exists()
 
 
+def test_evaluate_stage_failing_in_its_scoring_process_ends_the_run_failed(make_cfg, tmp_path):
+    """The evaluate stage scores in a forked child (pipeline.runtime.forked) while it opens the run: a model
+    the child cannot load is still one clear line naming the file, exit 2, and the run it opened FAILED."""
+    cfg = make_cfg()
+    with tracking.start_run(cfg) as run:  # the training run: finished, no evaluation yet
+        pass
+    tracking.record_of(run).write(cfg.paths.run_info)
+    Path(cfg.paths.model).parent.mkdir(parents=True, exist_ok=True)
+    Path(cfg.paths.model).write_bytes(b"junk")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    proc = run_stage("evaluate", tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"error: {cfg.paths.model}: not a loadable Keras model" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert run_status(cfg, run.info.run_id) == "FAILED"
+    assert not Path(cfg.paths.metrics).exists() and not Path(cfg.paths.eval_info).exists()
+
+
 def test_keyboard_interrupt_leaves_run_killed(make_cfg):
     cfg = make_cfg()
     with pytest.raises(KeyboardInterrupt), tracking.start_run(cfg) as run:

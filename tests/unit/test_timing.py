@@ -23,3 +23,12 @@ def test_phases_add_up_to_the_process_age(caplog):
     assert abs(report["total"] - process_age()) < 0.1  # start (interpreter, imports) + every phase
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("timings demo: "))
     assert json.loads(line.split(": ", 1)[1]) == report  # what benchmarks/compare.py parses
+
+
+def test_phases_of_a_process_beside_are_reported_but_not_added_to_the_total():
+    timer = Timer("demo")
+    timer.mark("wait")
+    timer.beside({"import tensorflow": 2.5, "predict": 2.0}, "evaluate")
+    report = timer.report()
+    assert (report["evaluate: import tensorflow"], report["evaluate: predict"]) == (2.5, 2.0)
+    assert abs(report["total"] - process_age()) < 0.1  # this process's wall time, not 4.5 s more
