@@ -89,9 +89,12 @@ def _child(writer: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         outcome = (False, exc)
     try:
         writer.send(outcome)
+    except OSError:
+        pass  # the parent is gone (killed): nobody to answer
     except Exception as exc:  # an unpicklable result or exception: its type and message still reach the parent
         failed = outcome[1] if not outcome[0] else exc
-        writer.send((False, RuntimeError(f"{type(failed).__name__}: {failed}")))
+        with contextlib.suppress(OSError):
+            writer.send((False, RuntimeError(f"{type(failed).__name__}: {failed}")))
     writer.close()
 
 
