@@ -17,6 +17,9 @@ AUTH ?=
 # passed on to `mlflow server`, e.g. SERVER_ARGS="--allowed-hosts mlflow.example.com"
 SERVER_ARGS ?=
 SWEEP ?= optimizer=sgd,rmsprop,adam
+# make test: pytest-xdist worker processes, each taking whole test files (a module's fixture runs once). Two
+# suit 2 cores: much of the suite is single-threaded process start-up (imports), which two workers overlap.
+TEST_WORKERS ?= 2
 
 .PHONY: install run ui sweep predict serve server server-stop test test-unit test-services test-slow test-all lint format params clean
 
@@ -49,8 +52,8 @@ server: install  ## the team's MLflow tracking server on PostgreSQL, proxied art
 server-stop: install  ## stop what `make server` started: the server and its PostgreSQL cluster
 	python -m pipeline.server stop --state-dir $(SERVER_STATE)
 
-test: install  ## unit + integration tests (small real subsets of MNIST), the quick suite
-	pytest
+test: install  ## unit + integration tests (small real subsets of MNIST), the quick suite, in $(TEST_WORKERS) processes
+	pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-services: install  ## tests that start servers, clusters or devices: the team set-up, Ray, MirroredStrategy
 	pytest -m "services and not slow"

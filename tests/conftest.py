@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import Config, PathsConfig, compose, validate
+from pipeline.files import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,7 +94,8 @@ def small_dataset(name: str, source: Path, dest: Path):
         n = SMALL_SPLITS[key.split("_")[0]]
         item = math.prod(dims[1:])
         content = data[:4] + struct.pack(f">{ndim}I", n, *dims[1:]) + data[4 + 4 * ndim :][: n * item]
-        (dest / spec.file).write_bytes(gzip.compress(content, mtime=0))
+        with atomic_path(dest / spec.file) as tmp:  # another test process may be reading it (pytest -n)
+            tmp.write_bytes(gzip.compress(content, mtime=0))
         files[key] = FileSpec(spec.file, hashlib.sha256(content).hexdigest(), len(content))
     return DatasetConfig(name=name, mirrors=[str(dest)], files=files, num_classes=10, timeout=10.0, retries=1)
 
