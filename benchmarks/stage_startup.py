@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import ROOT, env, prepare_repo
@@ -50,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     e = {**env(), "DATA_MIRROR": str(Path(args.mirror).resolve())}
     repo = prepare_repo([f"train.subset={args.subset}", "train.verbose=0"])
-    rows = []
+    rows: list[dict[str, Any]] = []
     try:
         subprocess.run(["dvc", "repro"], cwd=repo, env=e, check=True, capture_output=True)
         for i in range(args.rounds):
