@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import compose, validate
-from pipeline.evaluate import score
+from pipeline.evaluate import forward, score
 from pipeline.model import SEED_PARAMETERS, build_model
 
 
@@ -20,13 +20,30 @@ def test_basic_cnn_is_the_seeds_model():
 
 
 class FixedModel:
-    """Stands in for a Keras model: returns given probabilities (score only calls predict)."""
+    """Stands in for a Keras model: returns given probabilities, row i for an image filled with the value i."""
 
     def __init__(self, probs: np.ndarray) -> None:
         self.probs = probs
 
-    def predict(self, x, batch_size=None, verbose=0):
-        return self.probs[: len(x)]
+    def __call__(self, batch, training=False):
+        import tensorflow as tf
+
+        return tf.gather(self.probs, tf.cast(batch[:, 0, 0, 0], tf.int32))
+
+
+def indexed_images(n: int) -> np.ndarray:
+    return np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None, None], (n, 28, 28, 1)).copy()
+
+
+def test_forward_gives_keras_predict_bit_for_bit_at_any_batch_size():
+    import keras
+
+    model = build_model(validate(compose()).model)
+    x = keras.random.uniform((2501, 28, 28, 1), seed=1).numpy()
+    expected = model.predict(x, batch_size=1000, verbose=0)
+    for batch_size in (1000, 7, 4096):  # a last partial batch, many small ones, one batch for all
+        assert np.array_equal(forward(model, x, batch_size), expected), batch_size
+    assert forward(model, x[:0]).shape == (0, 10)
 
 
 def test_score_counts_argmax_accuracy_confusion_and_per_class():
@@ -34,7 +51,7 @@ def test_score_counts_argmax_accuracy_confusion_and_per_class():
     pred = np.array([0, 1, 1, 1, 2, 0, 2, 3])
     probs = np.full((8, 4), 0.1, np.float32)
     probs[np.arange(8), pred] = 0.7
-    result = score(FixedModel(probs), np.zeros((8, 28, 28, 1), np.float32), y, num_classes=4)
+    result = score(FixedModel(probs), indexed_images(8), y, num_classes=4)
     assert result.metrics["test_accuracy"] == 6 / 8 and result.metrics["test_samples"] == 8
     assert result.confusion.tolist() == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 2, 0], [0, 0, 0, 1]]
     assert result.per_class_accuracy == [0.5, 1.0, pytest.approx(2 / 3), 1.0]
@@ -47,5 +64,5 @@ def test_the_seeds_categorical_metric_is_wrong_on_integer_labels_and_ours_is_rig
 
     y = np.arange(100) % 10
     probs = np.eye(10, dtype=np.float32)[y]  # a perfect model
-    assert score(FixedModel(probs), np.zeros((100, 28, 28, 1), np.float32), y, 10).metrics["test_accuracy"] == 1.0
+    assert score(FixedModel(probs), indexed_images(100), y, 10).metrics["test_accuracy"] == 1.0
     assert float(keras.metrics.CategoricalAccuracy()(y[:, None].astype("float32"), probs)) < 0.2
