@@ -8,8 +8,9 @@ bf16) measured in the same run, and the median seconds of each phase: the seed's
 evaluate) and each stage's (from the ``timings`` line every stage logs, :mod:`pipeline.timing`), plus DVC's
 own share and a no-op ``dvc repro``.
 
-Runs alternate A B A B so that the machine's load drifts over both sides alike; only the medians and
-ratios of such pairs are worth quoting on a shared machine. This host switches between two speeds (the same
+Runs alternate A B, B A, A B, ... (``--order abba``; ``ab`` always runs the seed first, as the series before
+2026-11-30 15:10 did) so that the machine's load drifts over both sides alike and neither side always runs
+right after the other; only the medians and ratios of such pairs are worth quoting on a shared machine. This host switches between two speeds (the same
 fit runs 1.4x longer in the slow one, at the same CPU time: one core is partly taken away), so wall ratios
 swing by that much from pair to pair; CPU-time ratios do not.
 
@@ -184,6 +185,12 @@ def cpu_model() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument(
+        "--order",
+        choices=("abba", "ab"),
+        default="abba",
+        help="abba: every other pair runs the pipeline first (the default since 2026-11-30 15:10); ab: the seed first",
+    )
     parser.add_argument("--mirror", default=os.environ.get("DATA_MIRROR", str(ROOT.parent / "shared/data/mnist")))
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the pipeline side, e.g. train=fast")
     args = parser.parse_args()
@@ -198,10 +205,12 @@ def main() -> None:
     try:
         for i in range(args.pairs):
             result = {}
-            for side in ("A", "B"):
+            sides = ("B", "A") if args.order == "abba" and i % 2 else ("A", "B")
+            for side in sides:
                 result[side] = run_seed(mirror) if side == "A" else run_pipeline(repo, mirror, flops)
             row = {
                 "pair": i + 1,
+                "first": sides[0],
                 "A": result["A"],
                 "B": result["B"],
                 "ratio": result["B"]["wall_s"] / result["A"]["wall_s"],
@@ -209,7 +218,7 @@ def main() -> None:
             }
             rows.append(row)
             print(
-                f"pair {i + 1}: seed {result['A']['wall_s']:6.1f} s (fit {result['A']['timings']['fit']:.1f} s)"
+                f"pair {i + 1} ({''.join(sides)}): seed {result['A']['wall_s']:6.1f} s (fit {result['A']['timings']['fit']:.1f} s)"
                 f" acc {result['A']['test_accuracy']:.4f}"
                 f" | pipeline {result['B']['wall_s']:6.1f} s acc {result['B']['test_accuracy']:.4f}"
                 f" (fit {result['B']['fit_s']:.1f} s, {result['B']['train_gflops']:.0f} GFLOP/s)"
@@ -225,6 +234,7 @@ def main() -> None:
     summary = {
         "overrides": args.overrides,
         "pairs": args.pairs,
+        "order": args.order,
         "seed_wall_s_median": statistics.median(r["A"]["wall_s"] for r in rows),
         "pipeline_wall_s_median": statistics.median(r["B"]["wall_s"] for r in rows),
         "ratio_median": statistics.median(r["ratio"] for r in rows),
