@@ -11,9 +11,9 @@ training run (:func:`pipeline.tracking.evaluation_run`), and records which in ``
 :func:`evaluate` in a forked child process (:func:`pipeline.runtime.forked`) while it imports MLflow and opens
 that run, and logs what the child returns.
 
-One forward pass (:func:`forward`) gives the probabilities; the confusion matrix and accuracy are counted with NumPy from
-the argmax and cross-checked against Keras' sparse accuracy metric on the same probabilities, so a wrong
-metric (the seed's 0.0992 "accuracy") fails the stage instead of being reported. (scikit-learn would do the
+One forward pass (:func:`forward`) gives the probabilities; the confusion matrix and accuracy are counted
+with NumPy from the argmax and cross-checked against Keras' sparse accuracy metric on the same
+probabilities, so a wrong metric (the seed's 0.0992 "accuracy") fails the stage instead of being reported. (scikit-learn would do the
 counting too, but importing it costs this stage about 1 s, and the stages' overhead is measured.)
 
 Run: ``python -m pipeline.evaluate`` (reads params.yaml), or ``dvc repro evaluate``.
@@ -186,8 +186,8 @@ def log_evaluation(cfg: Config, result: EvalResult, model_id: str | None) -> Non
 
 
 def import_for_logging() -> None:
-    """Import what :func:`log_evaluation` and :func:`gate` use (matplotlib's Figure, SciPy's binomial test; 0.8 s)
-    while the child still scores, not after it has finished."""
+    """Import what :func:`log_evaluation` and :func:`gate` use (matplotlib's Figure, SciPy's binomial test: about
+    1 s) while the child still scores, not after it has finished."""
     import matplotlib.figure  # noqa: F401
     import scipy.stats  # noqa: F401
 
