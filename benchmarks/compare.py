@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import shutil
 import statistics
@@ -33,6 +32,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from pipeline.timing import read_reports  # noqa: E402
+
 SEED_SCRIPT = ROOT / "benchmarks" / "seed_mnist.py"
 
 MATMUL = """
@@ -71,7 +73,6 @@ def matmul_peak() -> dict[str, float]:
 
 def train_flops_per_sample() -> float:
     """Multiply-adds of one forward pass, x2 for FLOPs, x3 for forward + backward."""
-    sys.path.insert(0, str(ROOT))
     from pipeline.config import compose, validate
     from pipeline.model import build_model
 
@@ -129,10 +130,7 @@ def run_pipeline(repo: Path, mirror: str, flops_per_sample: float) -> dict:
     wall, cpu = time.perf_counter() - start, children_cpu() - cpu
     if out.returncode:
         raise SystemExit(f"dvc repro failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    stages = {}
-    for line in (out.stdout + out.stderr).splitlines():  # each stage's `timings <stage>: {...}` (pipeline.timing)
-        if (m := re.search(r"timings (\w+): (\{.*\})", line)) is not None:
-            stages[m.group(1)] = json.loads(m.group(2))
+    stages = read_reports(out.stdout + out.stderr)  # each stage's `timings <stage>: {...}` line
     stages["dvc"] = {"total": wall - sum(t["total"] for t in stages.values())}  # DVC's own work: hashing, caching
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())
     import mlflow

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -31,6 +30,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import ROOT, env, prepare_repo
 
+from pipeline.timing import read_reports
+
 
 def timed(cmd: list[str], repo: Path, e: dict[str, str]) -> tuple[float, dict[str, float]]:
     """Wall seconds of ``cmd`` and the phases of the ``timings`` line it logged (empty if none)."""
@@ -39,8 +40,8 @@ def timed(cmd: list[str], repo: Path, e: dict[str, str]) -> tuple[float, dict[st
     wall = time.perf_counter() - start
     if out.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
-    m = re.search(r"timings \w+: (\{.*\})", out.stdout + out.stderr)
-    return wall, json.loads(m.group(1)) if m else {}
+    reports = read_reports(out.stdout + out.stderr)
+    return wall, next(iter(reports.values()), {})
 
 
 def main() -> None:

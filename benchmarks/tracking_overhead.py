@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from compare import ROOT, env, prepare_repo
 
 sys.path.insert(0, str(ROOT))
 from pipeline.server import free_port, start, stop
+from pipeline.timing import read_reports
 
 #: The phases of the train and evaluate stages that talk to MLflow (everything else is the same work).
 TRACKING = ("import mlflow", "open run", "log to mlflow", "registry", "close run")
@@ -42,12 +42,13 @@ def run(repo: Path, mirror: str, uri: str) -> dict:
     wall = time.perf_counter() - started
     if out.returncode:
         raise SystemExit(f"dvc repro failed against {uri}:\n{out.stderr[-3000:]}")
-    phases: dict[str, float] = {}
-    for line in (out.stdout + out.stderr).splitlines():
-        if (m := re.search(r"timings (train|evaluate): (\{.*\})", line)) is not None:
-            for phase, seconds in json.loads(m.group(2)).items():
-                if phase in TRACKING:
-                    phases[f"{m.group(1)}: {phase}"] = seconds
+    phases = {
+        f"{stage}: {phase}": seconds
+        for stage, report in read_reports(out.stdout + out.stderr).items()
+        if stage in ("train", "evaluate")
+        for phase, seconds in report.items()
+        if phase in TRACKING
+    }
     return {"wall_s": wall, "tracking_s": sum(phases.values()), "phases": phases}
 
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+_LINE = re.compile(r"timings (\w+): (\{.*\})")
 
 
 def process_age() -> float:
@@ -67,3 +69,9 @@ class Timer:
         rounded.update({k: round(v, 2) for k, v in self.parallel.items()})
         log.info("timings %s: %s", self.stage, json.dumps(rounded))
         return rounded
+
+
+def read_reports(output: str) -> dict[str, dict[str, float]]:
+    """The ``timings <stage>: {...}`` lines in a command's output (what :meth:`Timer.report` logs), as
+    {stage: {phase: seconds}}; a stage reported twice keeps its last line."""
+    return {m.group(1): json.loads(m.group(2)) for m in _LINE.finditer(output)}
