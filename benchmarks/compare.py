@@ -5,7 +5,7 @@ profiles the same way, e.g. ``train=fast``). Produces: a table on stdout and a J
 ``benchmarks/results/``: each run's wall time, CPU time (user + system of all its processes) and test
 accuracy, per-pair ratios B/A and their medians, B's train-stage throughput in GFLOP/s, a matmul peak (fp32,
 bf16) measured in the same run, and the median seconds of each phase: the seed's (import, data, build, fit,
-evaluate) and each stage's (from the ``timings`` line every stage logs, :mod:`pipeline.timing`), plus DVC's
+evaluate) and each stage's (from the ``timings`` line every stage logs, :mod:`pipeline.core.timing`), plus DVC's
 own share and a no-op ``dvc repro``.
 
 Runs alternate A B, B A, A B, ... (``--order abba``; ``ab`` always runs the seed first, as the series before
@@ -33,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipeline.timing import read_reports  # noqa: E402
+from pipeline.core.timing import read_reports  # noqa: E402
 
 SEED_SCRIPT = ROOT / "benchmarks" / "seed_mnist.py"
 
@@ -74,7 +74,7 @@ def matmul_peak() -> dict[str, float]:
 def train_flops_per_sample() -> float:
     """Multiply-adds of one forward pass, x2 for FLOPs, x3 for forward + backward."""
     from pipeline.config import compose, validate
-    from pipeline.model import build_model
+    from pipeline.model.architectures import build_model
 
     model = build_model(validate(compose()).model)
     macs = 0

@@ -1,7 +1,7 @@
 """Cost and effect of ``tf.config.experimental.enable_op_determinism()`` on training the project's CNN.
 
 Measures, on this machine's CPU, the wall time of ``model.fit`` for one epoch (batch 32, shuffle) of the
-``Basic_CNN`` from ``pipeline.model`` on the first ``--samples`` MNIST training images, with op
+``Basic_CNN`` from ``pipeline.model.architectures`` on the first ``--samples`` MNIST training images, with op
 determinism off (A) and on (B), then the test accuracy and a SHA-256 of the final weights. Runs alternate
 A B A B ... for ``--pairs`` pairs so that drift in a shared, noisy machine's load hits both settings
 alike; the summary is the median fit time of each setting and the median of the per-pair ratios B/A,
@@ -74,7 +74,7 @@ def child(deterministic: bool, samples: int, mirror: Path) -> None:
         tf.config.experimental.enable_op_determinism()
 
     from pipeline.config import compose, validate
-    from pipeline.model import build_model
+    from pipeline.model.architectures import build_model
 
     x_train, y_train, x_test, y_test = load_mnist(mirror, samples)
     cfg = validate(compose())

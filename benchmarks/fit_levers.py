@@ -4,7 +4,7 @@ Consumes: the processed training split (``--data``, default ``data/processed/tra
 Produces: a table on stdout and a JSON record in ``benchmarks/results/fit-levers-<time>.json``: for each
 variant, the seconds of every round's ``fit`` on the same samples (its first step's tracing included),
 their median and the median of the per-round ratios to the first variant, in wall and in CPU time (the
-seed's ``fit`` alone; the product's ``train`` function, whose loading and model building add about 1 s).
+seed's ``fit`` alone; the product's ``pipeline.model.fit.fit``, whose loading and model building add about 1 s).
 
 Each variant runs in a fresh process (threads and TensorFlow options are process-wide), and the variants
 alternate round by round (A B C ... A B C ...), so that the host's drifting load falls on all of them alike.
@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # Each variant: "seed" (the seed script's own fit: float64 arrays, no callbacks) or Hydra overrides of the
-# product's train stage, run as `python -m pipeline.train` runs it (an MLflow run, its callbacks).
+# product's train stage, run as `python -m pipeline.stages.train` runs it (an MLflow run, its observers).
 VARIANTS: dict[str, list[str] | None] = {
     "seed": None,
     "train": [],  # the default profile as configured
@@ -49,7 +49,7 @@ sys.path.insert(0, os.getcwd())
 if overrides is None:  # the seed script's fit, as it wrote it
     import tensorflow as tf
     from pipeline.config import compose, validate
-    from pipeline.model import build_model
+    from pipeline.model.architectures import build_model
     with np.load(data) as npz:
         x, y = npz["x"][:samples] / 255.0, npz["y"][:samples]
     model = build_model(validate(compose()).model)
@@ -61,14 +61,14 @@ if overrides is None:  # the seed script's fit, as it wrote it
 else:
     from pipeline import tracking
     from pipeline.config import compose, validate
-    from pipeline.train import epoch_logger, train
+    from pipeline.model.fit import fit
     tmp = tempfile.mkdtemp()
     cfg = validate(compose([*overrides, f"train.subset={samples}", f"paths.processed_dir={os.path.dirname(data)}",
                             f"paths.model={tmp}/m.keras", f"paths.history={tmp}/h.csv", f"paths.steps={tmp}/s.csv",
                             f"paths.backup_dir={tmp}/backup", f"tracking.uri=sqlite:///{tmp}/mlflow.db"]))
     with tracking.start_run(cfg):
-        c = time.process_time()  # the train function: loading and building (about 1 s) and the fit
-        fit_s = train(cfg, callbacks=[epoch_logger(cfg.train.log_every)]).train_seconds
+        c = time.process_time()  # the fit function: loading and building (about 1 s) and the fit
+        fit_s = fit(cfg, observers=[tracking.MetricsLogger()]).train_seconds
         cpu_s = time.process_time() - c
 print(json.dumps({"fit_s": fit_s, "cpu_s": cpu_s}))
 """

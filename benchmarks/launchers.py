@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import ROOT, env, prepare_repo, timed
 
 sys.path.insert(0, str(ROOT))
-from pipeline.server import free_port
+from pipeline.server.manage import free_port
 from tests.integration.test_ray import start_node, stop_node
 
 JOBS = "optimizer=sgd,adam"
@@ -53,7 +53,7 @@ def main() -> None:
     token.write_text(secrets.token_hex(32))
     e = {**env(), "DATA_MIRROR": str(Path(args.mirror).resolve())}
     e.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_TMPDIR=str(temp))
-    app = [sys.executable, "-m", "pipeline.run", "-m", JOBS, "train.verbose=0", "registry.enabled=false"]
+    app = [sys.executable, "-m", "pipeline.run", "-m", JOBS, "train.verbose=silent", "registry.enabled=false"]
     app += args.overrides
     port = free_port()
     head = None

@@ -29,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     e = {**env(), "DATA_MIRROR": str(Path(args.mirror).resolve())}
     repo = prepare_repo([])
-    app = [sys.executable, "-m", "pipeline.run", "train.verbose=0", *args.overrides]
+    app = [sys.executable, "-m", "pipeline.run", "train.verbose=silent", *args.overrides]
     try:
         timed([*app, "tracking.log_model=false", "train.subset=1"], repo, e)  # data prepared once
         ratios = []

@@ -1,9 +1,9 @@
-"""How well ``pipeline.predict`` reads digits that look photographed, measured on the MNIST test split.
+"""How well ``pipeline.predict.images`` reads digits that look photographed, measured on the MNIST test split.
 
 Consumes: the champion model (``models:/<registry.name>@champion`` from the store in params.yaml) and the
 processed test split (``paths.processed_dir``). Produces: the accuracy of the champion on the first
 ``--images`` test images, as given (the model's own input) and after each transformation below has been
-applied to the image and undone by :func:`pipeline.imageprep.to_mnist`, printed and written as JSON to
+applied to the image and undone by :func:`pipeline.predict.imageprep.to_mnist`, printed and written as JSON to
 ``benchmarks/results/predict-photos-<time>.json``:
 
 - ``clean``: the 28x28 image as a PNG file, white on black;
@@ -70,8 +70,8 @@ def main() -> None:
 
     from pipeline import tracking
     from pipeline.config import load_params
-    from pipeline.data import load_split
-    from pipeline.imageprep import to_mnist
+    from pipeline.data.formats import load_split
+    from pipeline.predict.imageprep import to_mnist
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=1000)

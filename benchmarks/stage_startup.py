@@ -5,7 +5,7 @@ Consumes: a local MNIST mirror ($DATA_MIRROR or --mirror). Produces: a table on 
 training is short; the evaluate stage scores all 10,000 test images whatever the model) it runs
 ``dvc repro`` once, then alternates, round by round: (A) a fresh ``python -c "import tensorflow"``, (B) the
 ``evaluate`` stage process, (C) the ``train`` stage process. For each it records the wall time; for the
-stages also their ``timings`` line (:mod:`pipeline.timing`). It reports per round, and as medians,
+stages also their ``timings`` line (:mod:`pipeline.core.timing`). It reports per round, and as medians,
 evaluate - A (the issue's target: <= 1.5 s) and train's wall time outside ``fit`` - A (target: <= 2 s).
 
 Each round's three processes run back to back, so a shift of the host's speed hits them alike; quote the
@@ -30,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import ROOT, env, prepare_repo
 
-from pipeline.timing import read_reports
+from pipeline.core.timing import read_reports
 
 
 def timed(cmd: list[str], repo: Path, e: dict[str, str]) -> tuple[float, dict[str, float]]:
@@ -51,14 +51,14 @@ def main() -> None:
     parser.add_argument("--mirror", default=os.environ.get("DATA_MIRROR", str(ROOT.parent / "shared/data/mnist")))
     args = parser.parse_args()
     e = {**env(), "DATA_MIRROR": str(Path(args.mirror).resolve())}
-    repo = prepare_repo([f"train.subset={args.subset}", "train.verbose=0"])
+    repo = prepare_repo([f"train.subset={args.subset}", "train.verbose=silent"])
     rows: list[dict[str, Any]] = []
     try:
         subprocess.run(["dvc", "repro"], cwd=repo, env=e, check=True, capture_output=True)
         for i in range(args.rounds):
             bare, _ = timed([sys.executable, "-c", "import tensorflow"], repo, e)
-            evaluate, eval_phases = timed([sys.executable, "-m", "pipeline.evaluate"], repo, e)
-            train, train_phases = timed([sys.executable, "-m", "pipeline.train"], repo, e)
+            evaluate, eval_phases = timed([sys.executable, "-m", "pipeline.stages.evaluate"], repo, e)
+            train, train_phases = timed([sys.executable, "-m", "pipeline.stages.train"], repo, e)
             row = {
                 "bare_import_s": bare,
                 "evaluate_s": evaluate,

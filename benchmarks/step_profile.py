@@ -6,8 +6,8 @@ TensorFlow op type the milliseconds per step spent in it, summed over the execut
 runs independent ops side by side, so the sum exceeds the wall time), grouped into convolutions, matmuls,
 the optimizer's update, dropout, and the rest.
 
-It builds, seeds and compiles the model as the train stage does (``pipeline.train.seeded_model``, the
-kernels of ``train.fast_kernels``) and loads the data as it does (``pipeline.data.load_split``), fits ``--warmup`` steps to trace and warm up, then profiles ``--steps`` steps with
+It builds, seeds and compiles the model as the train stage does (``pipeline.model.fit.seeded_model``, the
+kernels of ``train.fast_kernels``) and loads the data as it does (``pipeline.data.formats.load_split``), fits ``--warmup`` steps to trace and warm up, then profiles ``--steps`` steps with
 ``tf.profiler.experimental`` and reads the trace (XPlane) it writes.
 
 Run: ``python benchmarks/step_profile.py --steps 200 [overrides...]``, e.g. ``train.fast_kernels=false``.
@@ -76,13 +76,13 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
-    from pipeline.runtime import import_tensorflow
+    from pipeline.model.runtime import import_tensorflow
 
     tf = import_tensorflow()
     from pipeline.config import compose, validate
-    from pipeline.data import load_split
-    from pipeline.kernels import fast_kernels
-    from pipeline.train import seeded_model
+    from pipeline.data.formats import load_split
+    from pipeline.model.fit import seeded_model
+    from pipeline.model.patches import fast_kernels
 
     cfg = validate(compose(args.overrides))
     t = cfg.train

@@ -3,9 +3,9 @@
 Consumes: a local MNIST mirror ($DATA_MIRROR or --mirror), PostgreSQL's programs (``make server`` finds them).
 Produces: a table on stdout and a JSON record in ``benchmarks/results/``: for each run of
 ``dvc repro -f train evaluate`` (``train.subset`` images, default 2000), its wall time and the seconds of each
-tracking phase the train and evaluate stages log (``timings <stage>: {...}``, :mod:`pipeline.timing`):
+tracking phase the train and evaluate stages log (``timings <stage>: {...}``, :mod:`pipeline.core.timing`):
 importing MLflow, opening the run, logging params/metrics/model/artifacts, the registry gate, closing the
-run. The server is ``pipeline.server.start`` (what ``make server`` runs: PostgreSQL, ``mlflow server`` with
+run. The server is ``pipeline.server.manage.start`` (what ``make server`` runs: PostgreSQL, ``mlflow server`` with
 proxied artifacts to a local folder), on 127.0.0.1, so the numbers are the software's cost, not a network's.
 
 Runs alternate A B A B so that the machine's load drifts over both sides alike; quote medians and ratios.
@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import ROOT, env, prepare_repo
 
 sys.path.insert(0, str(ROOT))
-from pipeline.server import free_port, start, stop
-from pipeline.timing import read_reports
+from pipeline.core.timing import read_reports
+from pipeline.server.manage import free_port, start, stop
 
 #: The phases of the train and evaluate stages that talk to MLflow (everything else is the same work).
 TRACKING = ("import mlflow", "open run", "log to mlflow", "registry", "close run")
@@ -61,7 +61,7 @@ def main() -> None:
     import os
 
     mirror = args.mirror or os.environ.get("DATA_MIRROR") or sys.exit("set DATA_MIRROR or --mirror")
-    repo = prepare_repo([f"train.subset={args.subset}", "train.verbose=0"])
+    repo = prepare_repo([f"train.subset={args.subset}", "train.verbose=silent"])
     state = Path(tempfile.mkdtemp(prefix="bench-server-", dir="/tmp"))
     state.chmod(0o755)  # PostgreSQL runs as user postgres under root: its folder must be reachable
     sqlite = f"sqlite:///{repo / 'bench.db'}"

@@ -1,8 +1,11 @@
-"""A reproducible MNIST training pipeline: DVC stages, Hydra config, MLflow tracking, Keras training.
+"""A reproducible image-classifier training pipeline: DVC stages, Hydra config, MLflow tracking, Keras training.
 
-Stages (one module each, each a pure function over the typed config plus a short ``main()``):
-:mod:`pipeline.download` -> :mod:`pipeline.preprocess` -> :mod:`pipeline.train` -> :mod:`pipeline.evaluate`.
-:mod:`pipeline.run` drives the same functions as a Hydra app (single runs and multiruns).
+One subpackage per concern (CONTRIBUTING.md draws the tree): :mod:`pipeline.core` (infrastructure),
+:mod:`pipeline.config` (the schema and its one source, ``conf/``), :mod:`pipeline.data` (formats, download,
+preparation), :mod:`pipeline.model` (everything TensorFlow), :mod:`pipeline.tracking` (everything MLflow, the
+registry gate), :mod:`pipeline.stages` (download -> preprocess -> train -> evaluate, for DVC and the app),
+:mod:`pipeline.run` (the Hydra app and sweeps), :mod:`pipeline.predict` (a person's images) and
+:mod:`pipeline.server` (the team's tracking server).
 """
 
 import os

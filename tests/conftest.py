@@ -4,7 +4,7 @@ Tiers: ``tests/unit`` runs on small synthetic arrays in-process (no MNIST, no ML
 ``tests/integration`` uses small subsets of the real MNIST, real MLflow stores under ``tmp_path``, real DVC;
 tests marked ``slow`` use the full data.
 
-The real MNIST comes through the pipeline's own verified download (:func:`pipeline.prepare.ensure_data`):
+The real MNIST comes through the pipeline's own verified download (:func:`pipeline.data.prepare.ensure_data`):
 from ``$DATA_MIRROR`` when set, else the public mirrors, into the per-user cache, so a machine downloads
 it at most once. With neither reachable, the tests that need it are skipped, with one line saying how to
 point ``DATA_MIRROR`` at a folder.
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Config, PathsConfig, compose, validate
-from pipeline.files import atomic_path
+from pipeline.config import JOB_OUTPUTS, Config, compose, validate
+from pipeline.core.files import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,15 +42,11 @@ def _absl_logs_to_the_real_stderr() -> None:
 
 _absl_logs_to_the_real_stderr()
 #: The config's paths a test redirects into its tmp_path: every output (the rest are the session's data).
-OUTPUT_PATHS = tuple(
-    f.name
-    for f in dataclasses.fields(PathsConfig)
-    if f.name not in ("raw_dir", "processed_dir", "backup_dir", "data_cache")
-)
+OUTPUT_PATHS = JOB_OUTPUTS
 
 
 def data_cache() -> Path:
-    from pipeline.files import user_cache_dir
+    from pipeline.core.files import user_cache_dir
 
     return user_cache_dir() / "data"
 
@@ -58,8 +54,8 @@ def data_cache() -> Path:
 @pytest.fixture(scope="session")
 def mnist():
     """MNIST prepared once per machine (verified download, preprocess) in the per-user cache."""
-    from pipeline.errors import DataError
-    from pipeline.prepare import ensure_data
+    from pipeline.core.errors import DataError
+    from pipeline.data.prepare import ensure_data
 
     dataset = validate(compose()).dataset
     if not os.environ.get("DATA_MIRROR"):  # public mirrors: fail fast when there is no network
@@ -97,13 +93,16 @@ def small_dataset(name: str, source: Path, dest: Path):
         with atomic_path(dest / spec.file) as tmp:  # another test process may be reading it (pytest -n)
             tmp.write_bytes(gzip.compress(content, mtime=0))
         files[key] = FileSpec(spec.file, hashlib.sha256(content).hexdigest(), len(content))
-    return DatasetConfig(name=name, mirrors=[str(dest)], files=files, num_classes=10, timeout=10.0, retries=1)
+    return DatasetConfig(
+        name=name, mirrors=[str(dest)], files=files, num_classes=10, classes=[str(d) for d in range(10)],
+        timeout=10.0, retries=1,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")
 def mnist_small(mnist):
     """The first 2,000 training and 1,000 test images of MNIST as a dataset of their own, prepared."""
-    from pipeline.prepare import ensure_data
+    from pipeline.data.prepare import ensure_data
 
     dataset = small_dataset("mnist_small", mnist.raw_dir, data_cache() / "mirrors" / "mnist_small")
     return dataset, ensure_data(dataset, data_cache(), env={})
@@ -172,20 +171,33 @@ def _isolated_process_state(monkeypatch) -> Iterator[None]:
     os.environ.update(environ)
 
 
+def config_in(tmp_path: Path, *overrides: str) -> Config:
+    """conf/ composed with overrides, every output, the backups and the MLflow store under ``tmp_path``."""
+    cfg = validate(compose(["train.subset=512", "train.verbose=silent", *overrides]))
+    p = cfg.paths
+    for key in OUTPUT_PATHS:
+        setattr(p, key, str(tmp_path / "out" / Path(getattr(p, key)).name))
+    p.backup_dir = str(tmp_path / "backup")
+    cfg.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return cfg
+
+
+@pytest.fixture
+def make_config(tmp_path) -> Callable[..., Config]:
+    """A config and nothing else (no data: tests that need only a config never touch MNIST)."""
+    return lambda *overrides: config_in(tmp_path, *overrides)
+
+
 @pytest.fixture
 def make_cfg(tmp_path, mnist_small) -> Callable[..., Config]:
-    """Compose conf/ with overrides, on the small real subset of MNIST; all outputs and MLflow under tmp_path."""
+    """:func:`config_in` on the small real subset of MNIST, prepared: for tests that train or evaluate."""
     dataset, prepared = mnist_small
 
     def make(*overrides: str) -> Config:
-        cfg = validate(compose(["train.subset=512", "train.verbose=0", *overrides]))
+        cfg = config_in(tmp_path, *overrides)
         cfg.dataset = dataclasses.replace(dataset)
         p = cfg.paths
         p.raw_dir, p.processed_dir, p.data_cache = str(prepared.raw_dir), str(prepared.processed_dir), str(data_cache())
-        for key in OUTPUT_PATHS:
-            setattr(p, key, str(tmp_path / "out" / Path(getattr(p, key)).name))
-        p.backup_dir = str(tmp_path / "backup")
-        cfg.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
         return cfg
 
     return make

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import compose, validate
-from pipeline.data import load_split
-from pipeline.download import download
+from pipeline.data.download import download
+from pipeline.data.formats import load_split
 
 
 def test_processed_mnist_is_float_scaled_with_known_class_counts(mnist):
@@ -44,7 +44,7 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 @pytest.mark.skipif(not FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist (.ci/run does)")
 def test_fashion_mnist_skips_the_wrong_mirror_and_verifies(mirror, tmp_path):
     """$DATA_MIRROR holds MNIST: its files fail Fashion-MNIST's checksums, and Debian's copy is used."""
-    from pipeline.preprocess import preprocess
+    from pipeline.data.preprocess import preprocess
 
     cfg = validate(compose(["dataset=fashion_mnist"]))
     result = download(cfg.dataset, tmp_path / "raw", env={"DATA_MIRROR": str(mirror)})

@@ -12,28 +12,22 @@ import numpy as np
 import pytest
 
 from pipeline import tracking
-from pipeline.data import load_split
-from pipeline.evaluate import evaluate, log_evaluation
-from pipeline.model import SEED_PARAMETERS
-from pipeline.train import epoch_logger, log_training, model_requirements, train
+from pipeline.data.formats import load_split
+from pipeline.model.architectures import SEED_PARAMETERS
+from pipeline.model.fit import fit
+from pipeline.stages.evaluate import evaluate, log_evaluation
+from pipeline.stages.train import log_training
+from pipeline.tracking.models import model_requirements
 
 
 def client_for(cfg) -> mlflow.MlflowClient:
     return mlflow.MlflowClient(tracking.tracking_uri(cfg.tracking))
 
 
-def test_train_evaluate_one_mlflow_run(make_cfg, monkeypatch):
-    import importlib_metadata
-    from mlflow.utils import environment, requirements_utils
-
-    # MLflow's requirement check reads every installed distribution's file list; log_model skips it.
-    scans: list[int] = []
-    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)  # no map cached by an earlier test
-    monkeypatch.setattr(importlib_metadata, "packages_distributions", lambda: scans.append(1) or {})
-    check = environment.warn_dependency_requirement_mismatches
+def test_train_evaluate_one_mlflow_run(make_cfg):
     cfg = make_cfg("optimizer=sgd", "train.epochs=2")
     with tracking.start_run(cfg) as run:
-        result = train(cfg, callbacks=[epoch_logger()])
+        result = fit(cfg, observers=[tracking.MetricsLogger()])
         model_id = log_training(cfg, result)
         ev = evaluate(cfg)
         log_evaluation(cfg, ev, model_id)
@@ -75,10 +69,9 @@ def test_train_evaluate_one_mlflow_run(make_cfg, monkeypatch):
     # One logged model, with the run's params, and the test metrics linked to it.
     (logged,) = client.search_logged_models(experiment_ids=[r.info.experiment_id])
     assert logged.model_id == model_id and logged.status.to_proto() == 2  # READY
-    # Its requirements pin this environment's versions, logged without scanning every package (check put back).
+    # Its requirements pin this environment's versions.
     requirements = mlflow.artifacts.download_artifacts(artifact_uri=f"{logged.artifact_location}/requirements.txt")
     assert set(model_requirements()) <= set(Path(requirements).read_text().split())
-    assert scans == [] and environment.warn_dependency_requirement_mismatches is check
     linked = {m.key: m.value for m in logged.metrics if m.run_id == r.info.run_id}
     assert linked["test_accuracy"] == metrics["test_accuracy"]
 
@@ -117,7 +110,7 @@ def test_retried_calls_never_create_a_second_run_or_model(make_cfg, monkeypatch)
     run_calls, model_calls = commit_then_locked("create_run"), commit_then_locked("create_logged_model")
     cfg = make_cfg("train.subset=64")
     with tracking.start_run(cfg) as run:
-        model_id = log_training(cfg, train(cfg))
+        model_id = log_training(cfg, fit(cfg))
     client = client_for(cfg)
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
     assert len(run_calls) == 1 and len(model_calls) == 1  # the failed attempt was not repeated
@@ -127,16 +120,16 @@ def test_retried_calls_never_create_a_second_run_or_model(make_cfg, monkeypatch)
 
 
 def test_stage_functions_need_no_mlflow_run_and_same_seed_same_model(make_cfg, tmp_path):
-    """train() and evaluate() return what they computed and write their files, with nothing logged; the same
+    """fit() and evaluate() return what they computed and write their files, with nothing logged; the same
     config and seed give bit-identical weights (so identical test metrics) and training history."""
 
     def weights(result) -> list[bytes]:
         return [w.tobytes() for w in result.model.get_weights()]
 
     cfg = make_cfg("train.subset=320")
-    first, second = train(cfg), train(cfg)
+    first, second = fit(cfg), fit(cfg)
     assert first.history == second.history and weights(first) == weights(second)
-    assert weights(first) != weights(train(make_cfg("train.subset=320", "seed=7")))
+    assert weights(first) != weights(fit(make_cfg("train.subset=320", "seed=7")))
     assert first.parameters == SEED_PARAMETERS and first.samples == 320 and first.example.shape == (1, 28, 28, 1)
     ev = evaluate(cfg)
     assert ev.metrics["test_samples"] == 1000 and [p.name for p in ev.report_paths] == [

@@ -12,13 +12,14 @@ from PIL import Image, ImageFilter
 
 from pipeline import tracking
 from pipeline.config import to_dict
-from pipeline.data import load_split
-from pipeline.errors import run_cli
-from pipeline.evaluate import evaluate, gate, log_evaluation
-from pipeline.imageprep import to_mnist
-from pipeline.predict import main
-from pipeline.server import free_port
-from pipeline.train import log_training, train
+from pipeline.core.errors import run_cli
+from pipeline.data.formats import load_split
+from pipeline.model.fit import fit
+from pipeline.predict.imageprep import to_mnist
+from pipeline.predict.images import main
+from pipeline.server.manage import free_port
+from pipeline.stages.evaluate import evaluate, gate, log_evaluation
+from pipeline.stages.train import log_training
 
 
 def photo_like(digit: np.ndarray, seed: int) -> Image.Image:
@@ -40,7 +41,7 @@ def champion(make_cfg, tmp_path):
     """A model trained on the small subset, evaluated and made champion in a tmp store; params.yaml for it."""
     cfg = make_cfg("train.subset=1500", "train.epochs=2")
     with tracking.start_run(cfg) as run:
-        model_id = log_training(cfg, train(cfg))
+        model_id = log_training(cfg, fit(cfg))
         result = evaluate(cfg)
         log_evaluation(cfg, result, model_id)
         gate(cfg, result, model_id, run.info.run_id)

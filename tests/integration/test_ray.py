@@ -1,5 +1,5 @@
 """A sweep through Hydra's Ray launcher on a real two-node Ray cluster on this machine, logging to an MLflow
-server on PostgreSQL (``pipeline.server``, what ``make server`` runs) and to the project's SQLite store.
+server on PostgreSQL (``pipeline.server.manage``, what ``make server`` runs) and to the project's SQLite store.
 
 Neither node runs in the project: each runs in an empty folder of its own, with no ``DATA_MIRROR`` and no MLflow
 setting in its environment, as machines that share no filesystem with the one the sweep starts from would. Each
@@ -27,16 +27,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipeline.errors import UserError
-from pipeline.server import free_port
+from pipeline.core.errors import UserError
+from pipeline.server.manage import free_port
 from tests.conftest import stage_env
-from tests.integration.test_run import (  # noqa: F401 (small_conf is a fixture)
-    logged_models,
-    printed_table,
-    share_prepared_data,
-    small_conf,
-    split_parent,
-)
+from tests.integration.conftest import share_prepared_data
+from tests.integration.test_run import logged_models, printed_table, split_parent
 
 pytestmark = pytest.mark.services  # make test-services (and CI); not in the quick `make test`
 
@@ -122,7 +117,7 @@ def ray_cluster(mirror, tmp_path_factory) -> Iterator[Cluster]:
 @pytest.fixture(scope="module")
 def tracking_server() -> Iterator[str]:
     """``mlflow server`` on a PostgreSQL cluster of its own, artifacts proxied to a folder; its URI."""
-    from pipeline.server import pg_binary, start, stop
+    from pipeline.server.manage import pg_binary, start, stop
 
     try:
         pg_binary("initdb")
@@ -146,7 +141,7 @@ def test_a_sweep_runs_as_ray_tasks_on_both_nodes_under_one_parent_run(
     ray_cluster,
     repo_copy,
     mirror,
-    small_conf,  # noqa: F811 (the fixture imported above)
+    small_conf,
 ):
     """``server``: MLFLOW_TRACKING_URI names the server where the sweep starts, and nowhere on the nodes.
     ``sqlite``: the project's own ``sqlite:///mlflow.db``, a path relative to the project, which the nodes'
@@ -156,7 +151,7 @@ def test_a_sweep_runs_as_ray_tasks_on_both_nodes_under_one_parent_run(
     env = stage_env(mirror, **ray_cluster.auth, **({"MLFLOW_TRACKING_URI": uri} if where == "server" else {}))
     args = [
         "-m", "hydra/launcher=ray_cluster", f"hydra.launcher.ray.init.address={ray_cluster.address}",
-        "optimizer=sgd,adam", "train.subset=300", "train.verbose=0",
+        "optimizer=sgd,adam", "train.subset=300", "train.verbose=silent",
         f"hydra.searchpath=[file://{small_conf}]", "dataset=mnist_small",
     ]  # fmt: skip
     start = time.monotonic()

@@ -6,6 +6,7 @@ need no training; the same code runs in the evaluate stage (tests/integration/te
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,11 +16,22 @@ import mlflow
 import numpy as np
 import pytest
 
-from pipeline import registry, tracking
-from pipeline.config import RegistryConfig, TrackingConfig
+from pipeline import tracking
+from pipeline.config import RegistryConfig, TrackingConfig, compose, validate
+from pipeline.tracking import registry
 from tests.conftest import ROOT
 
 LABELS = np.arange(1000) % 10
+
+
+def registry_config(name: str) -> RegistryConfig:
+    """conf/'s registry section (every default is there), for the registered model ``name``."""
+    return dataclasses.replace(validate(compose()).registry, name=name)
+
+
+def tracking_config(uri: str) -> TrackingConfig:
+    """conf/'s tracking section, for the store ``uri``."""
+    return dataclasses.replace(validate(compose()).tracking, uri=uri)
 
 
 def predictions(accuracy: float, seed: int) -> np.ndarray:
@@ -31,7 +43,7 @@ def evaluated_model(uri: str, accuracy: float, seed: int) -> tuple[str, str, np.
     """A run with a READY LoggedModel and its evaluation's predictions: (model_id, run_id, predictions)."""
     from mlflow.entities import LoggedModelStatus
 
-    experiment = tracking.setup(TrackingConfig(uri=uri))
+    experiment = tracking.setup(tracking_config(uri))
     pred = predictions(accuracy, seed)
     with mlflow.start_run(experiment_id=experiment) as run:
         model = mlflow.initialize_logged_model(name="model", source_run_id=run.info.run_id)
@@ -59,7 +71,7 @@ def champion_version(uri: str, name: str) -> str:
 
 
 def test_first_better_worse_equal_and_rerun(uri):
-    cfg = RegistryConfig(name="gate-cnn")
+    cfg = registry_config("gate-cnn")
     first = run_gate(uri, cfg, 0.90, seed=1)
     assert first.promoted and first.reason == "no champion yet" and first.version == "1"
 
@@ -84,7 +96,7 @@ def test_first_better_worse_equal_and_rerun(uri):
 
 
 def test_re_gating_the_same_model_reuses_its_version_and_keeps_the_champion(uri):
-    cfg = RegistryConfig(name="gate-cnn")
+    cfg = registry_config("gate-cnn")
     model_id, run_id, pred = evaluated_model(uri, 0.9, seed=1)
     first = registry.gate(cfg, model_id, run_id, pred, LABELS, "d", lambda u: pred)
     again = registry.gate(cfg, model_id, run_id, pred, LABELS, "d", lambda u: pred)
@@ -93,7 +105,7 @@ def test_re_gating_the_same_model_reuses_its_version_and_keeps_the_champion(uri)
 
 
 def test_a_champion_scored_on_another_test_set_is_predicted_again(uri):
-    cfg = RegistryConfig(name="gate-cnn")
+    cfg = registry_config("gate-cnn")
     model_id, run_id, pred = evaluated_model(uri, 0.90, seed=1)
     registry.gate(cfg, model_id, run_id, pred, LABELS, "old-test-set", lambda u: pred)
     challenger = evaluated_model(uri, 0.97, seed=5)
@@ -107,15 +119,14 @@ def test_a_champion_scored_on_another_test_set_is_predicted_again(uri):
 GATE = """
 import sys, json, numpy as np
 sys.path.insert(0, sys.argv[4])
-from tests.integration.test_registry import run_gate
-from pipeline.config import RegistryConfig
-d = run_gate(sys.argv[1], RegistryConfig(name="race-cnn"), float(sys.argv[2]), int(sys.argv[3]))
+from tests.integration.test_registry import registry_config, run_gate
+d = run_gate(sys.argv[1], registry_config("race-cnn"), float(sys.argv[2]), int(sys.argv[3]))
 print(json.dumps(d.as_dict()))
 """
 
 
 def test_concurrent_evaluations_end_with_the_alias_on_the_best_model(uri, tmp_path):
-    tracking.setup(TrackingConfig(uri=uri))  # the store exists; the gates race for the alias
+    tracking.setup(tracking_config(uri))  # the store exists; the gates race for the alias
     accuracies = {0.80: 11, 0.97: 12}
     procs = [
         subprocess.Popen(

@@ -8,7 +8,6 @@ process of its own. Jobs read the session's prepared MNIST (``paths.data_cache``
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import shutil
@@ -22,60 +21,11 @@ import mlflow
 import pytest
 import yaml
 
-from pipeline.run import PARENT_RUN_FILE
+from pipeline.tracking.sweeps import PARENT_RUN_FILE
 from tests.conftest import data_cache, stage_env
+from tests.integration.conftest import share_prepared_data, store
 
-SMALL = ("train.subset=300", "train.verbose=0")
-
-
-@pytest.fixture(scope="session")
-def small_conf(tmp_path_factory, mnist_small) -> Path:
-    """A config folder holding ``dataset/mnist_small.yaml`` (the small real subset), for Hydra's search path."""
-    dataset, _ = mnist_small
-    conf = tmp_path_factory.mktemp("conf")
-    (conf / "dataset").mkdir()
-    (conf / "dataset" / "mnist_small.yaml").write_text(yaml.safe_dump(dataclasses.asdict(dataset)))
-    return conf
-
-
-@pytest.fixture
-def app(repo_copy, mirror, small_conf, monkeypatch, capfd):
-    """``app(*args)`` runs ``python -m pipeline.run ARGS dataset=mnist_small`` in this process inside the repo
-    copy (the small dataset's config found through Hydra's search path) and returns (exit status, everything
-    printed)."""
-    import pipeline.run
-
-    share_prepared_data(repo_copy)
-    monkeypatch.chdir(repo_copy)
-    monkeypatch.setenv("DATA_MIRROR", str(mirror))
-    monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
-
-    def run(*args: str) -> tuple[int, str]:
-        small = (f"hydra.searchpath=[file://{small_conf}]", "dataset=mnist_small")
-        monkeypatch.setattr(sys, "argv", ["pipeline.run", *args, *small])
-        try:
-            pipeline.run.main()
-            status = 0
-        except SystemExit as exc:
-            status = exc.code if isinstance(exc.code, int) else 1
-        out = capfd.readouterr()
-        return status, out.out + out.err
-
-    return run
-
-
-def share_prepared_data(repo: Path) -> None:
-    """The copy's data cache (``paths.data_cache``) is the session's: nothing is prepared again."""
-    (repo / ".cache").mkdir(exist_ok=True)
-    (repo / ".cache" / "data").symlink_to(data_cache(), target_is_directory=True)
-
-
-def store(repo: Path) -> tuple[mlflow.MlflowClient, list]:
-    """The copy's default MLflow store (sqlite:///<root>/mlflow.db) and all its runs."""
-    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("mnist-cnn")
-    assert exp is not None, "no MLflow experiment was created"
-    return client, client.search_runs([exp.experiment_id], max_results=1000)
+SMALL = ("train.subset=300", "train.verbose=silent")
 
 
 def logged_models(client: mlflow.MlflowClient, run) -> list:
@@ -160,7 +110,7 @@ def test_single_run_logs_one_finished_run_and_no_secret_anywhere(app, repo_copy,
     assert run.info.status == "FINISHED" and "mlflow.parentRunId" not in tags
     assert (
         tags["overrides"]
-        == "optimizer=sgd train.subset=300 train.verbose=0 dataset.mirrors=[http://***@127.0.0.1:9/] dataset=mnist_small"
+        == "optimizer=sgd train.subset=300 train.verbose=silent dataset.mirrors=[http://***@127.0.0.1:9/] dataset=mnist_small"
     )
     assert params["optimizer.name"] == "sgd" and params["train.subset"] == "300"
     assert params["paths.model"] == "models/model.keras"  # params: the config as dvc exp run -S reproduces it
@@ -240,7 +190,7 @@ def test_optuna_learning_rate_search_maximises_validation_accuracy(app, repo_cop
 def test_interrupted_sweep_leaves_no_run_running(repo_copy, mirror, small_conf, tmp_path):
     share_prepared_data(repo_copy)
     shutil.copy(small_conf / "dataset" / "mnist_small.yaml", repo_copy / "conf" / "dataset")
-    args = ("-m", "optimizer=sgd,adam", "dataset=mnist_small", "train.epochs=3", "train.verbose=0")
+    args = ("-m", "optimizer=sgd,adam", "dataset=mnist_small", "train.epochs=3", "train.verbose=silent")
     with open(tmp_path / "log", "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.run", *args], cwd=repo_copy, env=stage_env(mirror), stdout=log, stderr=log

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import DataError
-from pipeline.runtime import forked, hidden
+from pipeline.core.errors import DataError
+from pipeline.core.forking import forked
+from pipeline.model.patches import hidden
 
 
 def wait_for(path: Path, timeout: float = 30.0) -> str:
@@ -101,7 +102,8 @@ def test_hidden_modules_cannot_be_imported_inside_the_block_only(monkeypatch):
 def test_tensorflow_imports_without_scikit_learn_or_pyplot_and_they_still_import_later():
     script = (
         "import sys\n"
-        "from pipeline.runtime import UNUSED_BY_KERAS, import_tensorflow\n"
+        "from pipeline.model.patches import UNUSED_BY_KERAS\n"
+        "from pipeline.model.runtime import import_tensorflow\n"
         "import_tensorflow()\n"
         "import keras\n"
         "assert keras.layers.Dense(3)(keras.ops.ones((2, 4))).shape == (2, 3)\n"

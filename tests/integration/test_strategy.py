@@ -21,14 +21,10 @@ import sys
 import pytest
 
 from tests.conftest import stage_env
-from tests.integration.test_run import (  # noqa: F401 (small_conf is a fixture)
-    logged_models,
-    share_prepared_data,
-    small_conf,
-    store,
-)
+from tests.integration.conftest import share_prepared_data, store
+from tests.integration.test_run import logged_models
 
-SAME_RUN = ("train.subset=2000", "train.verbose=0", "model.conv_dropout=0", "model.dense_dropout=0")
+SAME_RUN = ("train.subset=2000", "train.verbose=silent", "model.conv_dropout=0", "model.dense_dropout=0")
 TWO_CPUS = ("train.strategy=mirrored", "train.devices=[/cpu:0,/cpu:1]")
 
 
@@ -36,7 +32,7 @@ TWO_CPUS = ("train.strategy=mirrored", "train.devices=[/cpu:0,/cpu:1]")
 def test_mirrored_over_two_logical_cpus_trains_logs_and_evaluates_like_default(
     repo_copy,
     mirror,
-    small_conf,  # noqa: F811 (the fixture imported above)
+    small_conf,
 ):
     share_prepared_data(repo_copy)
     small = (f"hydra.searchpath=[file://{small_conf}]", "dataset=mnist_small")

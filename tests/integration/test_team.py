@@ -2,7 +2,7 @@
 S3-compatible object store (moto's server on 127.0.0.1), a second server on the same database and bucket
 behind MLflow's basic-auth app, and DVC remotes (a folder, and S3 on the same object store).
 
-The services start once for the module (``pipeline.server.start``, what ``make server`` runs) and stop at
+The services start once for the module (``pipeline.server.manage.start``, what ``make server`` runs) and stop at
 its end. One copy of the repository, set to the small real subset of MNIST, is the team's project: each
 test checks one promise a team relies on. Where PostgreSQL is not installed the module is skipped, except
 under ``REQUIRE_SERVICES=1`` (``.ci/run``), where that is a failure.
@@ -29,9 +29,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.data import load_split
-from pipeline.errors import UserError
-from pipeline.server import free_port, pg_binary, start, stop
+from pipeline.core.errors import UserError
+from pipeline.data.formats import load_split
+from pipeline.server.manage import free_port, pg_binary, start, stop
 from tests.conftest import copy_repo, stage_env
 from tests.integration.test_dvc import add_datasets, dvc, ran
 from tests.integration.test_run import assert_nowhere, written_files
@@ -131,7 +131,7 @@ def team(tmp_path_factory, mnist_small, servers, s3):
     repo = copy_repo(tmp_path_factory.mktemp("team") / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["dataset"] = dataclasses.asdict(small)
-    params["train"].update(subset=300, verbose="0")
+    params["train"].update(subset=300, verbose="silent")
     params["registry"]["name"] = f"{small.name}-cnn"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     add_datasets(repo, small)  # conf/dataset/mnist_small.yaml for the Hydra app; commits params.yaml too
@@ -142,7 +142,7 @@ def team(tmp_path_factory, mnist_small, servers, s3):
 
 def app_args(team) -> list[str]:
     """The Hydra app on the same small data as the DVC stages."""
-    return [f"dataset={team.small.name}", "train.subset=300", "train.verbose=0"]
+    return [f"dataset={team.small.name}", "train.subset=300", "train.verbose=silent"]
 
 
 def champion_model(team):
@@ -231,7 +231,7 @@ def test_a_wrong_password_gives_one_clear_line_and_no_traceback(team, servers, t
     wrong = "wrong-pw-team-0042"
     repo = tmp_path / "repo"  # the train stage starts by removing its outputs, as DVC does: not the team's
     shutil.copytree(team.repo, repo, symlinks=True)
-    for command in (["pipeline.train"], ["pipeline.run", *app_args(team)]):
+    for command in (["pipeline.stages.train"], ["pipeline.run", *app_args(team)]):
         for user, password in (("admin", wrong), (None, None)):
             proc = subprocess.run([sys.executable, "-m", *command], cwd=repo, capture_output=True, text=True,
                                   env=auth_env(team, servers, user, password), timeout=300)  # fmt: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from pipeline.closure import closure, direct_imports
+from pipeline.core.closure import closure, direct_imports
 from tests.conftest import ROOT
 
 
@@ -20,12 +20,16 @@ def test_each_stage_depends_on_exactly_the_modules_it_imports():
         listed = stage_code_deps(stage)
         assert listed == expected, (
             f"dvc.yaml stage {name!r}: missing {sorted(expected - listed)}, not imported {sorted(listed - expected)}"
-            f" (python -m pipeline.closure --update dvc.yaml rewrites them)"
+            f" (python -m pipeline.core.closure --update dvc.yaml rewrites them)"
         )
 
 
 def test_the_closure_follows_imports_inside_functions_and_package_imports():
-    assert "pipeline.download" in direct_imports("pipeline.preprocess")  # raw_name: the case that drifted once
+    assert "pipeline.data.download" in direct_imports(
+        "pipeline.data.preprocess"
+    )  # raw_name: the case that drifted once
     # `from pipeline import tracking` (run.py, inside run_job) names the module pipeline.tracking.
-    assert {"pipeline.tracking", "pipeline.train", "pipeline.evaluate"} <= direct_imports("pipeline.run")
-    assert all(p.parts[0] == "pipeline" for p in closure("pipeline.train"))
+    assert {"pipeline.tracking", "pipeline.stages.train", "pipeline.stages.evaluate"} <= direct_imports(
+        "pipeline.run.app"
+    )
+    assert all(p.parts[0] == "pipeline" for p in closure("pipeline.stages.train"))

@@ -7,8 +7,9 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from pipeline.config import ConfigError, compose, load_params, validate
-from pipeline.overrides import check, prepare_argv
+from pipeline.config import compose, load_params, validate
+from pipeline.core.errors import ConfigError
+from pipeline.run.overrides import check, prepare_argv
 from tests.conftest import ROOT
 
 
@@ -23,36 +24,7 @@ def test_defaults_reproduce_the_seed():
     assert (cfg.train.batch_size, cfg.train.epochs, cfg.train.shuffle, cfg.train.subset) == (32, 1, True, None)
     assert cfg.train.precision == "float32" and cfg.train.lr_scale == 1.0
     assert cfg.tracking.uri == "sqlite:///mlflow.db"
-    assert cfg.loss == "sparse_categorical_crossentropy" and cfg.metrics == ["accuracy"]
-
-
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("sgd", {"learning_rate": 0.01, "momentum": 0.0, "nesterov": False}),
-        ("rmsprop", {"learning_rate": 0.001, "rho": 0.9, "momentum": 0.0, "epsilon": 1e-7, "centered": False}),
-        ("adam", {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "amsgrad": False}),
-    ],
-)
-def test_optimizer_groups_hold_keras_defaults(name, expected):
-    import keras
-
-    from pipeline.model import build_optimizer
-
-    cfg = validate(compose([f"optimizer={name}"]))
-    opt = build_optimizer(cfg.optimizer)
-    keras_default = type(opt)().get_config()
-    for key, value in expected.items():
-        assert getattr(cfg.optimizer, key) == value
-        assert keras_default[key] == pytest.approx(value), key  # our defaults are Keras' own
-    assert isinstance(opt, keras.optimizers.Optimizer)
-
-
-def test_lr_scale_multiplies_the_learning_rate():
-    from pipeline.model import build_optimizer
-
-    cfg = validate(compose(["train=fast"]))
-    assert float(build_optimizer(cfg.optimizer, cfg.train.lr_scale).learning_rate) == pytest.approx(0.002)
+    assert cfg.metrics == ["accuracy"] and cfg.metric == "accuracy"
 
 
 @pytest.mark.parametrize(
@@ -108,8 +80,8 @@ def test_bad_values_name_the_key(overrides, message):
 @pytest.mark.parametrize(
     ("overrides", "fix"),
     [
-        (["loss=categorical_crossentropy"], "sparse_categorical_crossentropy"),
         (["metrics=[categorical_accuracy]"], "'accuracy'"),
+        (["metrics=[top_k_categorical_accuracy]"], "'sparse_top_k_categorical_accuracy'"),
     ],
 )
 def test_seed_trap_is_refused_with_an_explanation(overrides, fix):
@@ -184,7 +156,7 @@ def test_command_line_accepts_what_the_config_knows():
 
 def test_credentials_on_the_command_line_become_environment_references():
     env: dict[str, str] = {}
-    from pipeline import redact
+    from pipeline.core import redact
 
     out = redact.externalize("tracking.uri=postgresql://u:pa55word@h/db,sqlite:///x.db", env)
     (name,) = env
@@ -198,30 +170,69 @@ def test_credentials_on_the_command_line_become_environment_references():
 
 
 def test_an_optimizer_is_one_dataclass_and_one_yaml(tmp_path, monkeypatch):
-    """A new optimizer needs its schema (a decorated dataclass) and conf/optimizer/<name>.yaml, nothing else."""
+    """A new optimizer needs its schema (a decorated dataclass) and conf/optimizer/<name>.yaml, nothing else
+    (that Keras builds it from them: tests/unit/test_model.py)."""
     import shutil
-    from dataclasses import dataclass
+    from dataclasses import dataclass, field
 
-    from pipeline import config
-    from pipeline.config import OPTIMIZERS, OptimizerConfig, checked, optimizer
-    from pipeline.model import build_optimizer
+    from pipeline.config import OPTIMIZERS, OptimizerConfig, optimizer
+    from pipeline.config.schema import FRACTION
 
     monkeypatch.setitem(OPTIMIZERS, "nadam", OPTIMIZERS["adam"])  # restored after the test
 
     @optimizer("nadam", "Nadam")
     @dataclass
     class NadamConfig(OptimizerConfig):
-        name: str = "nadam"
-        learning_rate: float = checked(2e-3, **config.POSITIVE)
-        beta_1: float = checked(0.9, **config.FRACTION)
+        beta_1: float = field(metadata=FRACTION)
 
     conf = tmp_path / "conf"
     shutil.copytree(ROOT / "conf", conf)
     (conf / "optimizer" / "nadam.yaml").write_text("name: nadam\nlearning_rate: 0.002\nbeta_1: 0.9\n")
     cfg = validate(compose(["optimizer=nadam"], conf_dir=conf))
-    assert type(build_optimizer(cfg.optimizer)).__name__ == "Nadam"
+    assert type(cfg.optimizer) is NadamConfig and cfg.optimizer.keras_class == "Nadam"
     with pytest.raises(ConfigError, match=r"'optimizer.beta_1': 1.5; allowed: a number in"):
         validate(compose(["optimizer=nadam", "optimizer.beta_1=1.5"], conf_dir=conf))
+
+
+def test_the_schema_holds_no_defaults_and_a_missing_key_is_named(tmp_path):
+    """Every default lives once, in conf/: no schema field has one, and params.yaml without a key is refused
+    with the key's name rather than filled in from the code."""
+    import dataclasses
+
+    from pipeline.config import schema
+
+    classes = [c for c in vars(schema).values() if isinstance(c, type) and dataclasses.is_dataclass(c)]
+    assert len(classes) >= 10
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            assert f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING, (cls, f.name)
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    del data["train"]["log_every"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"missing key 'train.log_every'"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_the_fast_profile_inherits_the_default_and_sets_only_what_differs():
+    text = (ROOT / "conf" / "train" / "fast.yaml").read_text()
+    own = {k: v for k, v in yaml.safe_load(text).items() if k != "defaults"}
+    default, fast = compose().train, compose(["train=fast"]).train
+    assert yaml.safe_load(text)["defaults"][0] == "default"
+    assert set(fast) == set(default) and own and all(fast[k] == v != default[k] for k, v in own.items())
+    assert {k for k in fast if fast[k] != default[k]} == set(own)
+
+
+def test_loss_is_not_a_key_and_verbosity_and_precision_are_enumerations():
+    with pytest.raises(ConfigError, match=r"unknown key 'loss'.*sparse_categorical_crossentropy"):
+        validate({**compose_dict(), "loss": "sparse_categorical_crossentropy"})
+    with pytest.raises(ConfigError, match=r"'train.verbose': '0'"):
+        validate(compose(["train.verbose='0'"]))
+    cfg = validate(compose(["train.verbose=line", "train.precision=mixed_bfloat16"]))
+    assert cfg.train.verbose == "line" and cfg.train.precision == "mixed_bfloat16"
+
+
+def compose_dict() -> dict:
+    return OmegaConf.to_container(compose())  # type: ignore[return-value]
 
 
 def test_clean_removes_every_declared_output_and_keeps_the_store(tmp_path, monkeypatch):

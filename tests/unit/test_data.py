@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from pipeline.config import FileSpec, compose, validate
-from pipeline.data import read_idx, read_split
-from pipeline.download import fetch, mirror_list
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
+from pipeline.data.download import fetch, mirror_list
+from pipeline.data.formats import read_idx, read_split
 
 
 def idx_bytes(arr: np.ndarray) -> bytes:
@@ -133,7 +133,7 @@ def test_a_local_mirror_may_hold_the_files_decompressed(tmp_path):
 
 def test_data_stages_do_not_import_tensorflow_or_mlflow():
     """Read from the source (imports inside functions too): download and preprocess start in a blink."""
-    from pipeline.closure import third_party
+    from pipeline.core.closure import third_party
 
-    for stage in ("pipeline.download", "pipeline.preprocess", "pipeline.prepare"):
+    for stage in ("pipeline.data.download", "pipeline.data.preprocess", "pipeline.data.prepare"):
         assert not {"tensorflow", "keras", "mlflow", "sklearn"} & third_party(stage), stage

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from pipeline.errors import DataError
-from pipeline.imageprep import to_mnist
+from pipeline.core.errors import DataError
+from pipeline.predict.imageprep import to_mnist
 
 
 def drawn_seven(

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import compose, validate
-from pipeline.kernels import _fused_adam_step, fast_kernels, fuse_adam
-from pipeline.train import compile_model
+from pipeline.model.fit import compile_model
+from pipeline.model.patches import _fused_adam_step, fast_kernels, fuse_adam
 
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
@@ -112,3 +112,34 @@ def test_the_stock_matmul_gradient_is_back_after_the_block():
         assert ops._gradient_registry.lookup("MatMul") is not stock
         raise RuntimeError
     assert ops._gradient_registry.lookup("MatMul") is stock
+
+
+def test_outside_the_tested_versions_the_patches_step_aside_with_one_warning(monkeypatch, caplog):
+    """The version guard: a TensorFlow or Keras the patches were not tested with gets the stock path, said once."""
+    from pipeline.model import patches
+
+    monkeypatch.setattr(patches, "_version", lambda dist: (9, 0))
+    patches.allowed.cache_clear()
+    try:
+        model = compile_model(validate(compose()), "float32")
+        with caplog.at_level("WARNING", logger=patches.__name__):
+            for _ in range(2):
+                with patches.fast_kernels(model) as swapped:
+                    assert swapped == []
+        warned = [r for r in caplog.records if "outside the tested" in r.getMessage()]
+        assert len(warned) == 1 and "using the stock path" in warned[0].getMessage()
+    finally:
+        patches.allowed.cache_clear()
+
+
+def test_one_switch_turns_every_patch_off(monkeypatch):
+    from pipeline.model import patches
+
+    monkeypatch.setenv(patches.SWITCH, "0")
+    patches.allowed.cache_clear()
+    try:
+        assert not patches.allowed("fast kernels") and not patches.allowed("lean import")
+        with patches.fast_kernels(compile_model(validate(compose()), "float32")) as swapped:
+            assert swapped == []
+    finally:
+        patches.allowed.cache_clear()

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import prepare
 from pipeline.config import DatasetConfig, FileSpec
-from pipeline.data import load_split
-from pipeline.preprocess import preprocess
+from pipeline.data import prepare
+from pipeline.data.formats import load_split
+from pipeline.data.preprocess import preprocess
 
 SPLITS = {"train": 12, "test": 5}
 
@@ -34,11 +34,14 @@ def synthetic_dataset(folder: Path, name: str = "tiny", seed: int = 0) -> Datase
             fname = f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte.gz"
             (folder / fname).write_bytes(gzip.compress(content))
             files[f"{split}_{kind}"] = FileSpec(fname, hashlib.sha256(content).hexdigest(), len(content))
-    return DatasetConfig(name=name, mirrors=[str(folder)], files=files, num_classes=10, timeout=5, retries=1)
+    classes = [str(d) for d in range(10)]
+    return DatasetConfig(
+        name=name, mirrors=[str(folder)], files=files, num_classes=10, classes=classes, timeout=5, retries=1
+    )
 
 
 def test_preprocess_keeps_uint8_pixels_loaded_as_float32_and_is_byte_for_byte_deterministic(tmp_path):
-    from pipeline.download import download
+    from pipeline.data.download import download
 
     dataset = synthetic_dataset(tmp_path / "mirror")
     download(dataset, tmp_path / "raw", env={})
@@ -83,7 +86,7 @@ def test_an_interrupted_preparation_leaves_no_folder_that_looks_complete(tmp_pat
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("pipeline.preprocess.save_npz", killed)
+    monkeypatch.setattr("pipeline.data.preprocess.save_npz", killed)
     with pytest.raises(KeyboardInterrupt):
         prepare.ensure_data(tiny, tmp_path / "cache", env={})
     _, processed = prepare.locations(tiny, tmp_path / "cache")

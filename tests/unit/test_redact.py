@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from pipeline import redact
+from pipeline.core import redact
 
 
 @pytest.fixture(autouse=True)

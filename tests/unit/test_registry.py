@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from pipeline.config import RegistryConfig
-from pipeline.registry import decide, mcnemar
+from pipeline.config import RegistryConfig, compose, validate
+from pipeline.tracking.gate import decide, mcnemar
+
+
+def registry(**changes) -> RegistryConfig:
+    return dataclasses.replace(validate(compose()).registry, **changes)
 
 
 def correctness(
@@ -31,19 +37,20 @@ def test_mcnemar_counts_the_discordant_images_and_tests_them_exactly():
 @pytest.mark.parametrize(
     ("counts", "cfg", "promote", "reason"),
     [
-        ((900, 10, 30, 60), RegistryConfig(), True, "more accurate, significantly (p < 0.05)"),  # better
-        ((900, 30, 10, 60), RegistryConfig(), False, "not more accurate"),  # worse
-        ((900, 20, 20, 60), RegistryConfig(), False, "not more accurate"),  # equal
-        ((900, 0, 0, 100), RegistryConfig(), False, "not more accurate"),  # a deterministic rerun
-        ((900, 20, 25, 55), RegistryConfig(), False, "more accurate, but not significantly (p >= 0.05)"),
-        ((900, 20, 25, 55), RegistryConfig(require_significance=False), True, "more accurate"),
+        ((900, 10, 30, 60), registry(), True, "more accurate, significantly (p < 0.05)"),  # better
+        ((900, 30, 10, 60), registry(), False, "not more accurate"),  # worse
+        ((900, 20, 20, 60), registry(), False, "not more accurate"),  # equal
+        ((900, 0, 0, 100), registry(), False, "not more accurate"),  # a deterministic rerun
+        ((900, 20, 25, 55), registry(), False, "more accurate, but not significantly (p >= 0.05)"),
+        ((900, 20, 25, 55), registry(require_significance=False), True, "more accurate"),
     ],
 )
 def test_the_gate_promotes_only_a_real_improvement(counts, cfg, promote, reason):
     champion, challenger = correctness(*counts)
     decided = decide(challenger, champion, cfg)
-    assert decided[:2] == (promote, reason)
+    assert (decided.promote, decided.reason) == (promote, reason)
 
 
 def test_the_first_model_becomes_champion():
-    assert decide(np.array([True, False]), None, RegistryConfig())[:2] == (True, "no champion yet")
+    decided = decide(np.array([True, False]), None, registry())
+    assert (decided.promote, decided.reason, decided.p_value) == (True, "no champion yet", None)

@@ -8,8 +8,8 @@ import socket
 import pytest
 from mlflow.exceptions import MlflowException, RestException
 
-from pipeline.errors import UserError, refusal
-from pipeline.server import auth_config, pg_binary, split_password, start
+from pipeline.core.errors import UserError, refusal
+from pipeline.server.manage import auth_config, pg_binary, split_password, start
 
 
 @pytest.mark.parametrize(
@@ -90,6 +90,6 @@ def test_a_busy_port_is_refused_before_anything_starts(tmp_path):
 
 def test_missing_postgresql_says_how_to_install_it_or_what_to_give(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr("pipeline.server.Path", lambda p: tmp_path / "none" if p == "/usr/lib/postgresql" else p)
+    monkeypatch.setattr("pipeline.server.manage.Path", lambda p: tmp_path / "none" if p == "/usr/lib/postgresql" else p)
     with pytest.raises(UserError, match=r"initdb not found: install the server \(Debian: apt-get install postgresql\)"):
         pg_binary("initdb")

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from pipeline.sweep import add_significance, format_csv, format_table, results_rows
+from pipeline.run.sweep import add_significance, format_csv, format_table
+from pipeline.tracking.sweeps import results_rows
 
 
 def fake_run(overrides: str, status: str = "FINISHED", **metrics: float) -> SimpleNamespace:

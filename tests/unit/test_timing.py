@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from pipeline.timing import Timer, process_age, read_reports
+from pipeline.core.timing import Timer, process_age, read_reports
 
 
 def test_phases_add_up_to_the_process_age(caplog):
@@ -15,7 +15,7 @@ def test_phases_add_up_to_the_process_age(caplog):
     timer.add({"inner a": 0.01, "inner b": 0.02}, into="work")  # measured inside a stage function
     timer.mark("more")
     assert set(timer.phases()) == {"work", "inner a", "inner b", "more"}  # what a stage function hands on
-    with caplog.at_level(logging.INFO, logger="pipeline.timing"):
+    with caplog.at_level(logging.INFO, logger="pipeline.core.timing"):
         report = timer.report()
     assert report["work"] >= 0.01  # 0.05 s slept, 0.03 s of it moved to the inner phases
     assert (report["inner a"], report["inner b"]) == (0.01, 0.02)

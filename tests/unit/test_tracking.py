@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import tracking
-from pipeline.config import TrackingConfig
+from pipeline.config import compose, validate
+from pipeline.tracking import orphans
 
 
 def test_relative_sqlite_is_the_project_roots_and_its_files_sit_beside_it(tmp_path, monkeypatch):
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     (tmp_path / "sub").mkdir()
     monkeypatch.chdir(tmp_path / "sub")
-    uri = tracking.tracking_uri(TrackingConfig())
+    uri = tracking.tracking_uri(validate(compose()).tracking)
     assert uri == f"sqlite:///{tmp_path}/mlflow.db"
     assert tracking.artifact_location(uri) == (tmp_path / "mlruns").as_uri()
     assert tracking.running_dir(uri) == tmp_path / "mlflow.db-running"
@@ -20,7 +21,7 @@ def test_relative_sqlite_is_the_project_roots_and_its_files_sit_beside_it(tmp_pa
     assert tracking.artifact_location(other) == (tmp_path / "elsewhere" / "mlruns").as_uri()
     assert tracking.running_dir(other) == tmp_path / "elsewhere" / "team.db-running"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://u:pw@tracking:5000")
-    server = tracking.tracking_uri(TrackingConfig())
+    server = tracking.tracking_uri(validate(compose()).tracking)
     assert server == "http://u:pw@tracking:5000" and tracking.artifact_location(server) is None
     assert "pw" not in str(tracking.running_dir(server)) and tmp_path not in tracking.running_dir(server).parents
 
@@ -45,13 +46,13 @@ def test_run_records_name_a_live_process_exactly(tmp_path):
     import subprocess
     import sys
 
-    record = {"pid": os.getpid(), "started": tracking._process_start(os.getpid()), "host": None}
-    assert tracking._owner_alive(record)
-    assert not tracking._owner_alive({**record, "started": "1"})  # same pid, another process: the pid was reused
+    record = {"pid": os.getpid(), "started": orphans._process_start(os.getpid()), "host": None}
+    assert orphans._owner_alive(record)
+    assert not orphans._owner_alive({**record, "started": "1"})  # same pid, another process: the pid was reused
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    assert not tracking._owner_alive({"pid": dead.pid, "started": None})
-    assert tracking._owner_alive({"pid": 1, "host": "another-machine"})  # not ours to judge
+    assert not orphans._owner_alive({"pid": dead.pid, "started": None})
+    assert orphans._owner_alive({"pid": 1, "host": "another-machine"})  # not ours to judge
     uri = f"sqlite:///{tmp_path}/m.db"
     tracking.record_add(uri, "r1")
     assert [p.name for p in Path(tmp_path, "m.db-running").iterdir()] == ["r1.json"]  # no temporary left

@@ -1,0 +1,81 @@
+"""Configuration: one schema (:mod:`~pipeline.config.schema`: types and rules), one source of values
+(``conf/*.yaml``), one validation (:mod:`~pipeline.config.validate`), and the two ways a config reaches a job
+(:mod:`~pipeline.config.load`: Hydra's composition of ``conf/``, or ``params.yaml`` for DVC's stages).
+
+A new key is a field in the schema and a commented line in ``conf/``; nothing else declares it.
+"""
+
+from pipeline.config.load import (
+    CONF_DIR,
+    HYDRA_OUTPUT_ROOTS,
+    PARAMS_FILE,
+    clean,
+    compose,
+    config_hash,
+    flatten,
+    load,
+    load_params,
+    to_dict,
+    write_params,
+)
+from pipeline.config.schema import (
+    JOB_OUTPUTS,
+    OPTIMIZERS,
+    SPLITS_FILES,
+    AdamConfig,
+    Config,
+    DatasetConfig,
+    FileSpec,
+    Metric,
+    ModelConfig,
+    OptimizerConfig,
+    PathsConfig,
+    Precision,
+    RegistryConfig,
+    RMSpropConfig,
+    SGDConfig,
+    Strategy,
+    TrackingConfig,
+    TrainConfig,
+    Verbosity,
+    optimizer,
+    rule,
+)
+from pipeline.config.validate import suggest, validate
+
+__all__ = [
+    "CONF_DIR",
+    "HYDRA_OUTPUT_ROOTS",
+    "JOB_OUTPUTS",
+    "OPTIMIZERS",
+    "PARAMS_FILE",
+    "SPLITS_FILES",
+    "AdamConfig",
+    "Config",
+    "DatasetConfig",
+    "FileSpec",
+    "Metric",
+    "ModelConfig",
+    "OptimizerConfig",
+    "PathsConfig",
+    "Precision",
+    "RMSpropConfig",
+    "RegistryConfig",
+    "SGDConfig",
+    "Strategy",
+    "TrackingConfig",
+    "TrainConfig",
+    "Verbosity",
+    "clean",
+    "compose",
+    "config_hash",
+    "flatten",
+    "load",
+    "load_params",
+    "optimizer",
+    "rule",
+    "suggest",
+    "to_dict",
+    "validate",
+    "write_params",
+]  # fmt: skip

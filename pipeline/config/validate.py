@@ -1,0 +1,155 @@
+"""Validation: a composed config (Hydra's DictConfig or a plain dict from ``params.yaml``) becomes a typed
+:class:`~pipeline.config.schema.Config`, or a :class:`~pipeline.core.errors.ConfigError` naming the key, the bad
+value and what is allowed, with a "did you mean" for a misspelt key.
+
+Consumes: the composed tree and where it came from (``source``, for messages). Produces: the typed config.
+Types, unknown keys and missing keys are checked by merging into the structured schema (OmegaConf, struct
+mode); each field's rule (:func:`~pipeline.config.schema.checked`) and the rules across fields afterwards.
+Everything runs before any work, whichever way the config came.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from pipeline.config.schema import ONE_HOT_ONLY, OPTIMIZERS, Config, Strategy, TrainConfig, keys
+from pipeline.core import redact
+from pipeline.core.errors import ConfigError
+
+
+def validate(raw: Any, source: str = "config") -> Config:
+    """Validate a composed config (DictConfig or plain dict) against the schema; return it typed.
+
+    ``source`` names where the config came from (a file, "overrides") in error messages. Credentials found
+    in the config are registered with :mod:`pipeline.core.redact`, so no later output shows them.
+    """
+    data = OmegaConf.to_container(raw, resolve=True) if isinstance(raw, DictConfig) else raw
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    data = dict(data)
+    data.pop("hydra", None)
+    redact.register_tree(data)
+    opt = data.get("optimizer")
+    opt_name = opt.get("name") if isinstance(opt, dict) else None
+    if opt_name not in OPTIMIZERS:
+        raise ConfigError(
+            f"{source}: optimizer.name={opt_name!r} is not a known optimizer; choose one of {', '.join(OPTIMIZERS)}"
+            + suggest(str(opt_name), list(OPTIMIZERS))
+        )
+    _check_one_hot_trap(data, source)
+    schema = OmegaConf.structured(Config)
+    schema.optimizer = OmegaConf.structured(OPTIMIZERS[opt_name])
+    try:
+        merged = OmegaConf.merge(schema, data)
+        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from None
+    check_fields(cfg, "", source)
+    if len(cfg.dataset.classes) != cfg.dataset.num_classes:
+        raise ConfigError(
+            f"{source}: bad value for 'dataset.classes': {len(cfg.dataset.classes)} names; allowed: one name per "
+            f"class, dataset.num_classes={cfg.dataset.num_classes}"
+        )
+    t = cfg.train
+    _check_strategy(t, source)
+    for key in ("log_every", "backup_every"):
+        # Keras calls batch callbacks once per execution: a curve point or a backup between two is never seen.
+        if getattr(t, key) % t.steps_per_execution:
+            raise ConfigError(
+                f"{source}: bad value for 'train.{key}': {getattr(t, key)}; allowed: a multiple of "
+                f"train.steps_per_execution={t.steps_per_execution}"
+            )
+    return cfg
+
+
+def _check_strategy(t: TrainConfig, source: str) -> None:
+    """Combinations TensorFlow's MirroredStrategy does not support with the pinned Keras and TensorFlow."""
+    if t.devices is not None and t.strategy is Strategy.default:
+        raise ConfigError(
+            f"{source}: bad value for 'train.devices': {t.devices}; allowed: null with train.strategy=default "
+            "(one device); set train.strategy=mirrored to train on several"
+        )
+    if t.strategy is Strategy.mirrored and t.steps_per_execution > 1:
+        # Keras 3.15 on TensorFlow 2.21: fit's multi-step loop under MirroredStrategy fails at its first step
+        # ("You must feed a value for placeholder tensor 'while/body/.../Placeholder_1'").
+        raise ConfigError(
+            f"{source}: bad value for 'train.steps_per_execution': {t.steps_per_execution}; allowed: 1 under "
+            "train.strategy=mirrored (Keras' multi-step loop fails under MirroredStrategy with the pinned versions)"
+        )
+    if t.strategy is Strategy.mirrored and t.devices is not None and t.batch_size < len(t.devices):
+        raise ConfigError(
+            f"{source}: bad value for 'train.batch_size': {t.batch_size}; allowed: at least one sample per replica "
+            f"under train.strategy=mirrored (the global batch; {len(t.devices)} devices)"
+        )
+
+
+def suggest(word: str, choices: list[str]) -> str:
+    """``; did you mean 'x'?`` for the closest of ``choices`` (dotted keys or plain names), or nothing.
+
+    Keys are compared level by level: an abbreviation of a sibling (``lr`` for ``learning_rate``), then a
+    sibling with a close spelling (``epocs``), then any key with a close spelling.
+    """
+    import difflib
+
+    parent, _, leaf = word.rpartition(".")
+    siblings = {c.rpartition(".")[2]: c for c in choices if c.rpartition(".")[0] == parent}
+    for name, choice in siblings.items():
+        words = name.split("_")
+        if len(words) > 1 and leaf == "".join(w[:1] for w in words):
+            return f"; did you mean '{choice}'?"
+    close = difflib.get_close_matches(leaf, list(siblings), n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean '{siblings[close[0]]}'?"
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _describe(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
+    msg = str(exc).splitlines()[0]
+    if isinstance(exc, MissingMandatoryValue):
+        return f"missing key '{key}': the schema has no defaults, conf/ (or params.yaml) must set it"
+    if "not in struct" in msg or (msg.startswith("Key '") and "not in" in msg):
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        return f"unknown key '{key}'" + (f" (not a field of '{parent}')" if parent else "") + suggest(key, keys(Config))
+    value = getattr(exc, "value", None)
+    if "expected one of [" in msg:  # an enumeration (schema.Precision, ...): its values, as for every rule
+        choices = msg.split("expected one of [", 1)[1].rsplit("]", 1)[0].split(", ")
+        return f"bad value for '{key}': {value!r}; allowed: {' | '.join(choices)}"
+    return f"bad value for '{key}': {value!r} ({msg})"
+
+
+def _check_one_hot_trap(data: dict, source: str) -> None:
+    if "loss" in data:
+        raise ConfigError(
+            f"{source}: unknown key 'loss': the pipeline trains with sparse_categorical_crossentropy, the loss "
+            "for integer labels (categorical losses need one-hot labels); remove the key"
+        )
+    for name in data.get("metrics") or []:
+        if isinstance(name, str) and name.lower() in ONE_HOT_ONLY:
+            raise ConfigError(
+                f"{source}: metrics={name!r} expects one-hot labels, but this dataset's labels are integers; "
+                f"Keras would report a meaningless number (the seed printed 0.0992 'accuracy' for a 98.8% "
+                f"model). Use {ONE_HOT_ONLY[name.lower()]!r} instead."
+            )
+
+
+def check_fields(obj: Any, prefix: str, source: str) -> None:
+    """Apply every field's ``checked`` rule, depth first, in declaration order."""
+    for f in dataclasses.fields(obj):
+        key, value = prefix + f.name, getattr(obj, f.name)
+        ok = f.metadata.get("ok")
+        if ok is not None:
+            items = list(enumerate(value)) if f.metadata.get("each") else [(None, value)]
+            for i, item in items:
+                if not ok(item):
+                    shown = key if i is None else f"{key}[{i}]"
+                    raise ConfigError(f"{source}: bad value for '{shown}': {item!r}; allowed: {f.metadata['allowed']}")
+        children = value.items() if isinstance(value, dict) else [(None, value)]
+        for name, child in children:
+            if dataclasses.is_dataclass(child):
+                check_fields(child, f"{key}.{name}." if name is not None else f"{key}.", source)

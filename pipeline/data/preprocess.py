@@ -1,0 +1,43 @@
+"""Preparing a dataset's raw files into the processed splits: ``train.npz`` and ``test.npz``.
+
+Consumes: the verified IDX files in a folder (see :mod:`pipeline.data.download`). Produces: one ``.npz`` per
+split with ``x``, the uint8 pixels shaped (N, 28, 28, 1), and ``y``, uint8 labels (N,). Scaling to [0, 1]
+happens as the splits are loaded (:func:`pipeline.data.formats.load_split`): float32 would be 4x the bytes to
+write, hash, cache and read for the same information. No pickles; bytes are deterministic; written
+atomically. NumPy only: no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import DatasetConfig
+from pipeline.data.download import raw_name
+from pipeline.data.formats import SPLITS, read_split, save_npz
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreprocessResult:
+    paths: dict[str, Path]  # split -> .npz
+    counts: dict[str, int]  # split -> samples
+
+
+def preprocess(dataset: DatasetConfig, raw_dir: Path | str, processed_dir: Path | str) -> PreprocessResult:
+    raw_dir, processed_dir = Path(raw_dir), Path(processed_dir)
+    paths, counts = {}, {}
+    for split in SPLITS:
+        images, labels = read_split(
+            raw_dir / raw_name(dataset.files[f"{split}_images"]),
+            raw_dir / raw_name(dataset.files[f"{split}_labels"]),
+            dataset.num_classes,
+        )
+        x = images[..., None]  # the channel axis Keras' Conv2D expects
+        paths[split] = processed_dir / f"{split}.npz"
+        save_npz(paths[split], x=x, y=labels)
+        counts[split] = len(labels)
+        log.info("%s: %d samples, images %s", paths[split], len(labels), x.shape)
+    return PreprocessResult(paths, counts)
