@@ -78,7 +78,7 @@ def small_dataset(name: str, source: Path, dest: Path):
     import hashlib
     import struct
 
-    from pipeline.config import DatasetConfig, FileSpec
+    from pipeline.config import FileSpec
 
     dest.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -93,10 +93,8 @@ def small_dataset(name: str, source: Path, dest: Path):
         with atomic_path(dest / spec.file) as tmp:  # another test process may be reading it (pytest -n)
             tmp.write_bytes(gzip.compress(content, mtime=0))
         files[key] = FileSpec(spec.file, hashlib.sha256(content).hexdigest(), len(content))
-    return DatasetConfig(
-        name=name, mirrors=[str(dest)], files=files, num_classes=10, classes=[str(d) for d in range(10)],
-        timeout=10.0, retries=1,
-    )  # fmt: skip
+    base = validate(compose()).dataset  # MNIST's: an IDX dataset of 28x28 digits
+    return dataclasses.replace(base, name=name, mirrors=[str(dest)], files=files, timeout=10.0, retries=1)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from pipeline.config.load import (
     flatten,
     load,
     load_params,
+    plain,
     to_dict,
     write_params,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "load",
     "load_params",
     "optimizer",
+    "plain",
     "rule",
     "suggest",
     "to_dict",

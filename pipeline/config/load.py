@@ -22,11 +22,10 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config.schema import Config
+from pipeline.config.schema import CONF_DIR, Config
 from pipeline.config.validate import validate
 from pipeline.core.errors import ConfigError, user_errors
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 PARAMS_FILE = "params.yaml"
 #: Folders Hydra's runs write into (conf/config.yaml: hydra.run.dir, hydra.sweep.dir).
 HYDRA_OUTPUT_ROOTS = ("outputs", "multirun")
@@ -64,9 +63,17 @@ def load_params(path: Path | str = PARAMS_FILE) -> Config:
     return validate(data, source=str(path))
 
 
+def plain(section: Any) -> Any:
+    """A config dataclass (a section or the whole) as plain data: enumerations as their values, YAML-safe."""
+    return json.loads(json.dumps(dataclasses.asdict(section)))
+
+
 def to_dict(cfg: Config) -> dict[str, Any]:
-    """Plain data (enumerations as their values): what MLflow's params and a hash are made of."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    """Plain data (enumerations as their values, the model's arguments flat, as in params.yaml): what MLflow's
+    params and a hash are made of."""
+    data = plain(cfg)
+    data["model"] = {"name": cfg.model.name, **data["model"]["params"]}
+    return data
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

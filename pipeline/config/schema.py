@@ -16,7 +16,11 @@ import enum
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, TypedDict
+
+#: conf/: every default (the schema's values), and each model's arguments (conf/model/<name>.yaml).
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def rule(*, ok: Callable[[Any], bool], allowed: str, each: bool = False) -> Rule:
@@ -78,6 +82,10 @@ ONE_HOT_ONLY = {
 }
 
 
+def _is_sha256(v: str) -> bool:
+    return len(v) == 64 and all(c in "0123456789abcdef" for c in v.lower())
+
+
 @dataclass
 class FileSpec:
     file: str  # name of the gzip file on a mirror
@@ -89,35 +97,75 @@ class FileSpec:
     size: int = field(metadata=rule(ok=lambda v: v > 0, allowed="an integer > 0"))  # bytes of the decompressed content
 
 
+class DataFormat(enum.StrEnum):
+    idx = "idx"  # MNIST's format: four gzipped IDX files on mirrors (files, mirrors)
+    folder = "folder"  # one subfolder of images per class (source, a folder or an archive's URL)
+
+
+class Preparation(enum.StrEnum):
+    """How predict and serve prepare a person's image for the model."""
+
+    digit = "digit"  # a photographed handwritten digit, as MNIST was made (pipeline.predict.imageprep)
+    image = "image"  # resized and scaled as in training (the dataset's image_size and channels)
+
+
 @dataclass
 class DatasetConfig:
     name: str
-    mirrors: list[str]
+    format: DataFormat
+    mirrors: list[str]  # idx: base URLs or folders, tried after $DATA_MIRROR
     files: dict[str, FileSpec] = field(
-        metadata=rule(ok=lambda v: set(v) == set(SPLITS_FILES), allowed="exactly " + ", ".join(SPLITS_FILES))
+        metadata=rule(
+            ok=lambda v: not v or set(v) == set(SPLITS_FILES), allowed="{} or exactly " + ", ".join(SPLITS_FILES)
+        )
     )
+    source: str | None  # folder: a local folder, or the URL of a .tar.gz / .zip archive
+    # folder with a URL: the archive's SHA-256 (verified by the download stage)
+    sha256: str | None = field(metadata=rule(ok=lambda v: v is None or _is_sha256(v), allowed="null or 64 hex digits"))
+    train_dir: str | None  # folder: the subfolder of source holding the training split (null: source itself)
+    test_dir: str | None  # folder: the subfolder holding the test split (null: a seeded, stratified split)
+    test_fraction: float = field(metadata=rule(ok=lambda v: 0.0 <= v < 1.0, allowed="a number in [0, 1)"))
+    split_seed: int = field(metadata=rule(ok=lambda v: v >= 0, allowed="an integer >= 0"))
+    image_size: list[int] = field(
+        metadata=rule(ok=lambda v: len(v) == 2 and all(s >= 1 for s in v), allowed="[height, width], each >= 1")
+    )
+    channels: int = field(metadata=rule(ok=lambda v: v in (1, 3), allowed="1 (grayscale) or 3 (RGB)"))
     num_classes: int = field(metadata=rule(ok=lambda v: v >= 2, allowed="an integer >= 2"))
-    classes: list[str] = field()  # names, by label
+    classes: list[str]  # names, by label; a folder dataset's are its class folders' names, sorted
+    prepare: Preparation
     timeout: float = field(metadata=rule(ok=lambda v: v > 0, allowed="seconds > 0"))
     retries: int = field(metadata=AT_LEAST_1)
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """What the model takes: (height, width, channels)."""
+        return self.image_size[0], self.image_size[1], self.channels
+
     def content_hash(self) -> str:
-        """SHA-256 over the verified SHA-256s of the dataset's files: names the data, whichever mirror served it."""
-        joined = "".join(f"{k}:{self.files[k].sha256};" for k in sorted(self.files))
+        """Names the data, whichever mirror served it: SHA-256 over the verified SHA-256s of the IDX files, the
+        archive's SHA-256, or a local folder's files (their paths and contents)."""
+        if self.format is DataFormat.idx:
+            joined = "".join(f"{k}:{self.files[k].sha256};" for k in sorted(self.files))
+        elif self.sha256:
+            joined = f"archive:{self.sha256.lower()}"
+        else:
+            from pipeline.core.files import tree_digest  # the one look at the disk a config makes
+
+            joined = f"folder:{tree_digest(self.source or '')}"
         return hashlib.sha256(joined.encode()).hexdigest()
 
 
 @dataclass
 class ModelConfig:
-    name: str  # the builder, by its registered name (pipeline.model.architectures.ARCHITECTURES)
-    filters: list[int] = field(
-        metadata=rule(ok=lambda v: len(v) >= 1 and all(f >= 1 for f in v), allowed="a list of integers >= 1")
-    )
-    kernel_size: int = field(metadata=AT_LEAST_1)
-    pool_size: int = field(metadata=AT_LEAST_1)
-    conv_dropout: float = field(metadata=FRACTION)
-    dense_units: int = field(metadata=AT_LEAST_1)
-    dense_dropout: float = field(metadata=FRACTION)
+    """The network: a builder registered under ``name`` (pipeline.model.architectures) and its keyword arguments.
+
+    ``conf/model/<name>.yaml`` is the builder's schema and its defaults at once: a config's ``model`` section must
+    hold exactly that file's keys, each of the same type (:func:`pipeline.config.validate.validate_model`); the
+    builder checks their ranges. In params and MLflow the arguments read flat (``model.filters``).
+    """
+
+    name: str
+    params: dict[str, Any]
 
 
 @dataclass

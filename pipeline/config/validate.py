@@ -11,12 +11,14 @@ Everything runs before any work, whichever way the config came.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from pipeline.config.schema import ONE_HOT_ONLY, OPTIMIZERS, Config, Strategy, TrainConfig, keys
+from pipeline.config.schema import CONF_DIR, ONE_HOT_ONLY, OPTIMIZERS, Config, Strategy, TrainConfig, keys
 from pipeline.core import redact
 from pipeline.core.errors import ConfigError
 
@@ -41,6 +43,7 @@ def validate(raw: Any, source: str = "config") -> Config:
             + suggest(str(opt_name), list(OPTIMIZERS))
         )
     _check_one_hot_trap(data, source)
+    data["model"] = validate_model(data.get("model"), source)
     schema = OmegaConf.structured(Config)
     schema.optimizer = OmegaConf.structured(OPTIMIZERS[opt_name])
     try:
@@ -64,6 +67,56 @@ def validate(raw: Any, source: str = "config") -> Config:
                 f"train.steps_per_execution={t.steps_per_execution}"
             )
     return cfg
+
+
+def model_choices(conf_dir: Path = CONF_DIR) -> dict[str, Path]:
+    """The models there are: ``conf/model/<name>.yaml``, by name."""
+    return {p.stem: p for p in sorted((conf_dir / "model").glob("*.yaml")) if not p.stem.startswith("_")}
+
+
+def validate_model(model: Any, source: str, conf_dir: Path = CONF_DIR) -> dict[str, Any]:
+    """The ``model`` section against its own file in ``conf/model/``, the builder's schema: the same keys, each
+    of the same type. Returns it as the schema's ``{name, params}``."""
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        raise ConfigError(f"{source}: 'model' needs a 'name': one of {', '.join(model_choices(conf_dir))}")
+    name, choices = model["name"], model_choices(conf_dir)
+    if name not in choices:
+        raise ConfigError(
+            f"{source}: model.name={name!r}: no conf/model/{name}.yaml; allowed: {', '.join(choices)}"
+            + suggest(name, list(choices))
+        )
+    reference = yaml.safe_load(choices[name].read_text(encoding="utf-8")) or {}
+    reference.pop("defaults", None)
+    params = {k: v for k, v in model.items() if k != "name"}
+    for key in params:
+        if key not in reference:
+            raise ConfigError(
+                f"{source}: unknown key 'model.{key}' (not an argument of model {name!r}, conf/model/{name}.yaml)"
+                + suggest(f"model.{key}", [f"model.{k}" for k in reference])
+            )
+    for key, default in reference.items():
+        if key == "name":
+            continue
+        if key not in params:
+            raise ConfigError(f"{source}: missing key 'model.{key}' (conf/model/{name}.yaml sets it)")
+        if not _same_kind(params[key], default):
+            raise ConfigError(
+                f"{source}: bad value for 'model.{key}': {params[key]!r}; allowed: a value like {default!r} "
+                f"({type(default).__name__}, conf/model/{name}.yaml)"
+            )
+    return {"name": name, "params": params}
+
+
+def _same_kind(value: Any, like: Any) -> bool:
+    if isinstance(like, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(like, bool)
+    if isinstance(like, float):
+        return isinstance(value, (int, float))
+    if isinstance(like, list):
+        return (
+            isinstance(value, list) and all(_same_kind(v, like[0]) for v in value) if like else isinstance(value, list)
+        )
+    return like is None or isinstance(value, type(like))
 
 
 def _check_strategy(t: TrainConfig, source: str) -> None:

@@ -99,3 +99,13 @@ def remove(*paths: Path | str) -> None:
             shutil.rmtree(p)
         else:
             p.unlink(missing_ok=True)
+
+
+def tree_digest(folder: Path | str) -> str:
+    """SHA-256 over every file below ``folder``: its path relative to the folder and its content's SHA-256, in
+    sorted order (a folder's content, wherever it lies)."""
+    root = Path(folder)
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + sha256_file(path).encode() + b"\0")
+    return h.hexdigest()

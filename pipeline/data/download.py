@@ -2,7 +2,9 @@
 
 Consumes: ``dataset`` (mirrors, file names, SHA-256 and size of the decompressed content) and ``$DATA_MIRROR``
 (a directory or URL tried before the configured mirrors; how machines without internet get the data).
-Produces: the decompressed, verified files in a folder (:func:`download`).
+Produces: the decompressed, verified files in a folder (:func:`download`). A folder dataset (``format: folder``)
+is fetched by :func:`pipeline.data.folder.fetch_source` instead: a local folder copied, or an archive downloaded,
+verified by its SHA-256 and extracted.
 
 Each mirror is tried in order, with a bounded timeout and retries for transient failures; a mirror that fails
 (HTTP error, refused connection, timeout, truncated body, wrong content) is reported and the next one is
@@ -13,7 +15,6 @@ are kept, so re-running fetches nothing.
 
 from __future__ import annotations
 
-import base64
 import gzip
 import hashlib
 import io
@@ -31,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import DatasetConfig, FileSpec
+from pipeline.config.schema import DataFormat
 from pipeline.core.errors import DataError
 from pipeline.core.files import atomic_path, sha256_file
+from pipeline.core.http import TransferFailure, open_url
 from pipeline.core.redact import redact
 
 log = logging.getLogger(__name__)
@@ -40,17 +43,14 @@ CHUNK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-class MirrorFailure(Exception):
-    """One mirror could not deliver one file; ``transient`` failures are retried."""
-
-    def __init__(self, reason: str, transient: bool = False):
-        super().__init__(reason)
-        self.transient = transient
+#: One mirror could not deliver one file; ``transient`` failures are retried.
+MirrorFailure = TransferFailure
 
 
 @dataclass
 class DownloadResult:
-    files: dict[str, Path] = field(default_factory=dict)  # key (train_images, ...) -> verified raw file
+    # idx: key (train_images, ...) -> verified raw file; folder: "folder" -> raw_dir, the verified class folders
+    files: dict[str, Path] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)  # key -> where it came from (redacted), or "cached"
 
 
@@ -87,26 +87,7 @@ def _open(base: str, name: str, timeout: float):
             return open(path, "rb")
         except OSError as exc:
             raise MirrorFailure(f"{exc.strerror}: {path}") from None
-    url = base.rstrip("/") + "/" + urllib.parse.quote(name)
-    parts = urllib.parse.urlsplit(url)
-    headers = {}
-    if parts.username is not None:  # user:password@host -> HTTP basic auth, never part of the request line
-        token = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
-        headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
-        url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-    try:
-        request = urllib.request.Request(url, headers=headers)
-        return urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        raise MirrorFailure(f"HTTP {exc.code} {exc.reason}", transient=exc.code >= 500 or exc.code == 429) from None
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        transient = isinstance(reason, (TimeoutError, ConnectionError, OSError)) and not isinstance(
-            reason, FileNotFoundError
-        )
-        raise MirrorFailure(f"{reason}", transient=transient) from None
-    except (TimeoutError, ConnectionError) as exc:
-        raise MirrorFailure(f"{type(exc).__name__}: {exc}", transient=True) from None
+    return open_url(base.rstrip("/") + "/" + urllib.parse.quote(name), timeout)
 
 
 class _Prefixed(io.RawIOBase):
@@ -180,8 +161,13 @@ def fetch(spec: FileSpec, dest: Path, mirrors: list[str], timeout: float, retrie
 
 
 def download(dataset: DatasetConfig, raw_dir: Path | str, env: dict[str, str] | None = None) -> DownloadResult:
-    """Make ``raw_dir`` hold the dataset's verified IDX files, fetching only what is missing or wrong."""
+    """Make ``raw_dir`` hold the dataset's verified files, fetching only what is missing or wrong: the four IDX
+    files (``format: idx``), or the folder of class folders (``format: folder``, :mod:`pipeline.data.folder`)."""
     raw_dir = Path(raw_dir)
+    if dataset.format == DataFormat.folder:
+        from pipeline.data import folder
+
+        return DownloadResult(files={"folder": raw_dir}, sources={"folder": folder.fetch_source(dataset, raw_dir, env)})
     raw_dir.mkdir(parents=True, exist_ok=True)
     mirrors = mirror_list(dataset, env)
     result = DownloadResult()

@@ -75,8 +75,8 @@ def save_npz(path: Path | str, **arrays: np.ndarray) -> None:
 
 
 def load_split(processed_dir: Path | str, split: str, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Load ``<processed_dir>/<split>.npz``: float32 images (N, H, W, 1) scaled to [0, 1] from the stored
-    uint8 pixels, integer labels (N,)."""
+    """Load ``<processed_dir>/<split>.npz``: float32 images (N, H, W, C), C 1 (grayscale) or 3 (RGB), scaled to
+    [0, 1] from the stored uint8 pixels, integer labels (N,)."""
     path = Path(processed_dir) / f"{split}.npz"
     if not path.is_file():
         raise DataError(f"{path}: processed data not found (run the preprocess stage: dvc repro preprocess)")
@@ -90,8 +90,8 @@ def load_split(processed_dir: Path | str, split: str, num_classes: int = 10) -> 
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"{path}: corrupt or unreadable .npz ({exc})") from None
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 1:
-        raise DataError(f"{path}: images must be uint8 pixels (N, H, W, 1), got {x.dtype} {x.shape}")
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise DataError(f"{path}: images must be uint8 pixels (N, H, W, 1 or 3 channels), got {x.dtype} {x.shape}")
     if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{path}: labels must be integers (N,) matching {len(x)} images, got {y.dtype} {y.shape}")
     if len(y) and (y.min() < 0 or y.max() >= num_classes):

@@ -43,9 +43,11 @@ def key(dataset: DatasetConfig) -> str:
     """Names the processed data: the dataset's content, its class count and the preparing code."""
     parts = {
         "content": dataset.content_hash(),
-        "num_classes": dataset.num_classes,
+        # what the preprocess stage reads besides the files (dvc.yaml's preprocess params)
+        **{k: str(getattr(dataset, k)) for k in ("num_classes", "classes", "image_size", "channels", "train_dir",
+                                                  "test_dir", "test_fraction", "split_seed")},
         "code": closure.source_hash(PREPARING_MODULE),
-    }
+    }  # fmt: skip
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -264,7 +264,7 @@ def compile_model(cfg: Config, precision: str) -> keras.Model:
     from pipeline.model.architectures import build_model, build_optimizer
 
     keras.mixed_precision.set_dtype_policy(precision)
-    model = build_model(cfg.model, cfg.dataset.num_classes)
+    model = build_model(cfg.model, cfg.dataset.num_classes, cfg.dataset.input_shape)
     model.compile(
         optimizer=build_optimizer(cfg.optimizer, cfg.train.lr_scale),
         loss=LOSS,

@@ -1,7 +1,7 @@
-"""``python -m pipeline.predict IMAGE...``: what the champion model sees in images of handwritten digits.
+"""``python -m pipeline.predict IMAGE...``: what the champion model says about a person's images.
 
-Consumes: PNG, JPEG (any format Pillow reads) files of any size, white-on-black like MNIST or dark ink on
-light paper like a photographed digit; the model: by default ``models:/<registry.name>@<registry.alias>``
+Consumes: PNG, JPEG (any format Pillow reads) files of any size; for a digits dataset (``dataset.prepare:
+digit``), white-on-black like MNIST or dark ink on light paper like a photographed digit; the model: by default ``models:/<registry.name>@<registry.alias>``
 from the store in ``params.yaml`` (``$MLFLOW_TRACKING_URI`` wins), or ``--model`` with a model URI
 (``models:/mnist-cnn/3``, ``runs:/<id>/model``, ``models:/<model_id>``) or a ``.keras`` file.
 Produces, per image, one line: the predicted class (the dataset's class name), its probability and the
@@ -9,8 +9,10 @@ runner-up::
 
     digit.jpg: 7 (p=0.998); runner-up 1 (p=0.001)
 
-Each image goes through :func:`pipeline.predict.imageprep.to_mnist`, the same preparation the tests check. A file
-that is not an image, or a missing model, is reported on one line with exit status 2.
+Each image is prepared as the dataset says (``dataset.prepare``): a digit through
+:func:`pipeline.predict.imageprep.to_mnist`, as MNIST was made; any other image resized and scaled by the code
+the preprocess stage uses (:func:`pipeline.data.pixels.to_pixels`). A file that is not an image (or one Pillow
+refuses, decompression bombs included), or a missing model, is reported on one line with exit status 2.
 
 Run: ``python -m pipeline.predict photo.jpg scan.png`` or ``make predict IMAGES="photo.jpg scan.png"``.
 """
@@ -19,14 +21,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import Config, compose, load_params, validate
+from pipeline.config import Config, DatasetConfig, compose, load_params, validate
+from pipeline.config.schema import Preparation
 from pipeline.core.errors import DataError
+from pipeline.data.pixels import scaled, to_pixels
 from pipeline.predict.imageprep import to_mnist
 
 log = logging.getLogger(__name__)
@@ -44,25 +49,30 @@ class Prediction:
         return f"{self.path}: {self.label} (p={self.probability:.3f}); runner-up {self.runner_up} (p={self.runner_up_probability:.3f})"
 
 
-def read_image(path: Path | str) -> np.ndarray:
-    """The image at ``path``, prepared as MNIST; a file that is not an image names itself."""
+def read_image(path: Path | str, dataset: DatasetConfig | None = None) -> np.ndarray:
+    """The image at ``path``, prepared for the model as ``dataset.prepare`` says (default: a digit, as MNIST was
+    made); a file that is not an image, or one Pillow refuses (a decompression bomb), names itself."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     try:
-        with Image.open(path) as image:
-            image.load()
-            return to_mnist(image, name=str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, not just warned about
+            with Image.open(path) as image:
+                image.load()
+                if dataset is None or dataset.prepare is Preparation.digit:
+                    return to_mnist(image, name=str(path))
+                return scaled(to_pixels(image, dataset.image_size, dataset.channels))
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"{path}: not an image Pillow can read ({type(exc).__name__})") from None
 
 
 def load_classifier(
     model: str | None, cfg: Config, root: Path | None = None
 ) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
-    """(a function from (n, 28, 28, 1) images to class probabilities, the model it uses); the store is
+    """(a function from prepared images (n, height, width, channels) to class probabilities, the model it uses); the store is
     ``cfg``'s, a relative SQLite path taken from ``root`` (the folder of the params file)."""
     from pipeline.model.runtime import import_tensorflow
 
@@ -96,7 +106,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml", help="the config (store, registry name, class names)")
     args = parser.parse_args(argv)
     cfg = load_params(args.params) if Path(args.params).is_file() else validate(compose())
-    images = np.stack([read_image(p) for p in args.images])  # every file is read (or refused) before the model loads
+    images = np.stack(
+        [read_image(p, cfg.dataset) for p in args.images]
+    )  # every file is read (or refused) before the model loads
     root = Path(args.params).resolve().parent if Path(args.params).is_file() else None
     classify, used = load_classifier(args.model, cfg, root)
     for prediction in predict(args.images, images, classify, cfg.dataset.classes):

@@ -35,7 +35,8 @@ def config_groups(*conf_dirs: Path | str) -> dict[str, list[str]]:
     for conf_dir in map(Path, conf_dirs):
         for d in sorted(conf_dir.iterdir()) if conf_dir.is_dir() else []:
             if d.is_dir() and any(d.glob("*.yaml")):
-                groups.setdefault(d.name, set()).update(p.stem for p in d.glob("*.yaml"))
+                # A leading underscore marks a base other options extend (dataset/_folder.yaml), not a choice.
+                groups.setdefault(d.name, set()).update(p.stem for p in d.glob("*.yaml") if not p.stem.startswith("_"))
     return {name: sorted(options) for name, options in sorted(groups.items())}
 
 

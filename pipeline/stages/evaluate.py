@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import Config
+from pipeline.core.errors import DataError
 from pipeline.core.files import atomic_path, remove, write_json
 from pipeline.core.forking import forked
 from pipeline.core.timing import Timer
@@ -66,6 +67,8 @@ def evaluate(cfg: Config) -> EvalResult:
     model = load_model(paths.model)
     timer.mark("load model")
     x, y = load_split(paths.processed_dir, "test", cfg.dataset.num_classes)
+    if model.input_shape[1:] != x.shape[1:]:
+        raise DataError(f"{paths.model}: takes images {model.input_shape[1:]}, the test split holds {x.shape[1:]}")
     timer.mark("load data")
     scores = score(model, x, y, cfg.dataset.num_classes)
     timer.mark("predict")
@@ -78,24 +81,26 @@ def evaluate(cfg: Config) -> EvalResult:
 
 
 def write_reports(cfg: Config, result: EvalResult) -> None:
-    paths = cfg.paths
+    """The report files, each class by its name (``dataset.classes``)."""
+    paths, names = cfg.paths, cfg.dataset.classes
     with atomic_path(paths.confusion) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["actual", "predicted"])
         # One row per image, expanded from the matrix: what DVC's confusion template plots.
         for actual, row in enumerate(result.confusion):
             for predicted, count in enumerate(row):
-                writer.writerows([[actual, predicted]] * int(count))
+                writer.writerows([[names[actual], names[predicted]]] * int(count))
     with atomic_path(paths.per_class) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["class", "accuracy"])
-        writer.writerows([c, round(a, 6)] for c, a in enumerate(result.per_class_accuracy))
+        writer.writerows([names[c], round(a, 6)] for c, a in enumerate(result.per_class_accuracy))
     write_json(paths.metrics, result.metrics)
     result.report_paths = [Path(paths.metrics), Path(paths.per_class), Path(paths.confusion)]
 
 
-def confusion_figure(cm: np.ndarray, title: str) -> Any:
-    """The confusion matrix as a matplotlib figure: counts in each cell, actual on y, predicted on x."""
+def confusion_figure(cm: np.ndarray, title: str, classes: list[str] | None = None) -> Any:
+    """The confusion matrix as a matplotlib figure: counts in each cell, actual on y, predicted on x, each class
+    by its name."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,6 +111,9 @@ def confusion_figure(cm: np.ndarray, title: str) -> Any:
     ax.imshow(cm, cmap="Blues")
     ticks = range(len(cm))
     ax.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="actual", title=title)
+    if classes is not None:
+        ax.set_xticklabels(classes, rotation=45, ha="right", fontsize=7)
+        ax.set_yticklabels(classes, fontsize=7)
     for (i, j), count in np.ndenumerate(cm):
         ax.text(
             j, i, str(count), ha="center", va="center", fontsize=7, color="white" if count > cm.max() / 2 else "black"
@@ -132,7 +140,8 @@ def log_evaluation(cfg: Config, result: EvalResult, model_id: str | None) -> Non
     for path in result.report_paths:
         tracking.log_artifact(path, "reports")
     title = f"test accuracy {result.metrics['test_accuracy']:.4f}"
-    tracking.log_figure(confusion_figure(result.confusion, title), "plots/confusion_matrix.png")
+    figure = confusion_figure(result.confusion, title, cfg.dataset.classes)
+    tracking.log_figure(figure, "plots/confusion_matrix.png")
     log_predictions(result.predictions, result.labels)
 
 

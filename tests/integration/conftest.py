@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import mlflow
 import pytest
 import yaml
 
+from pipeline.config import plain
 from tests.conftest import data_cache
 
 
@@ -19,7 +19,7 @@ def small_conf(tmp_path_factory, mnist_small) -> Path:
     dataset, _ = mnist_small
     conf = tmp_path_factory.mktemp("conf")
     (conf / "dataset").mkdir()
-    (conf / "dataset" / "mnist_small.yaml").write_text(yaml.safe_dump(dataclasses.asdict(dataset)))
+    (conf / "dataset" / "mnist_small.yaml").write_text(yaml.safe_dump(plain(dataset)))
     return conf
 
 

@@ -12,7 +12,6 @@ printed.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import functools
 import gzip
 import http.server
@@ -30,6 +29,7 @@ import numpy as np
 import pytest
 import yaml
 
+from pipeline.config import plain
 from pipeline.data.formats import load_split
 from tests.conftest import copy_repo, stage_env
 from tests.integration.test_run import assert_nowhere, written_files
@@ -71,7 +71,7 @@ def store(repo: Path) -> mlflow.MlflowClient:
 def add_datasets(repo: Path, *datasets) -> None:
     """conf/dataset/<name>.yaml for each dataset, committed: DVC's queued experiments see only git's files."""
     for dataset in datasets:
-        (repo / "conf" / "dataset" / f"{dataset.name}.yaml").write_text(yaml.safe_dump(dataclasses.asdict(dataset)))
+        (repo / "conf" / "dataset" / f"{dataset.name}.yaml").write_text(yaml.safe_dump(plain(dataset)))
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
     subprocess.run(
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "datasets"], cwd=repo, check=True
@@ -92,7 +92,7 @@ def project(tmp_path_factory, mirror, mnist_small, fashion_small):
     try:
         # 1. dvc repro, with a credential in params.yaml and no $DATA_MIRROR: the stages must use it.
         params = yaml.safe_load((repo / "params.yaml").read_text())
-        params["dataset"] = {**dataclasses.asdict(small), "mirrors": [base.format(SECRETS["params"], small.name)]}
+        params["dataset"] = {**plain(small), "mirrors": [base.format(SECRETS["params"], small.name)]}
         params["train"].update(subset=300, verbose="silent")
         params["registry"]["name"] = f"{small.name}-cnn"  # as composing conf/ with dataset=mnist_small gives
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -183,7 +183,7 @@ def test_missing_and_corrupt_inputs_name_the_file(make_cfg, tmp_path):
     with pytest.raises(DataError, match=r"bad/test.npz: corrupt or unreadable .npz \(Object arrays cannot be"):
         load_split(bad, "test")
     save_npz(bad / "test.npz", x=np.zeros((2, 28, 28), np.float64), y=np.zeros(2, np.uint8))
-    with pytest.raises(DataError, match=r"images must be uint8 pixels \(N, H, W, 1\), got float64"):
+    with pytest.raises(DataError, match=r"images must be uint8 pixels \(N, H, W, 1 or 3 channels\), got float64"):
         load_split(bad, "test")
     with pytest.raises(DataError, match=r"nomodel.keras: model file not found"):
         load_model(tmp_path / "nomodel.keras")

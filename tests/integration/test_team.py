@@ -10,7 +10,6 @@ under ``REQUIRE_SERVICES=1`` (``.ci/run``), where that is a failure.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -29,6 +28,7 @@ import numpy as np
 import pytest
 import yaml
 
+from pipeline.config import plain as plain_data
 from pipeline.core.errors import UserError
 from pipeline.data.formats import load_split
 from pipeline.server.manage import free_port, pg_binary, start, stop
@@ -130,7 +130,7 @@ def team(tmp_path_factory, mnist_small, servers, s3):
     small, _ = mnist_small
     repo = copy_repo(tmp_path_factory.mktemp("team") / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["dataset"] = dataclasses.asdict(small)
+    params["dataset"] = plain_data(small)
     params["train"].update(subset=300, verbose="silent")
     params["registry"]["name"] = f"{small.name}-cnn"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

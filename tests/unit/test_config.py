@@ -34,7 +34,6 @@ def test_defaults_reproduce_the_seed():
         (["train.epochs=0"], "'train.epochs': 0"),
         (["train.subset=0"], "'train.subset': 0; allowed: null (all samples) or an integer >= 1"),
         (["optimizer.learning_rate=-1"], "'optimizer.learning_rate': -1.0; allowed: a number > 0"),
-        (["model.conv_dropout=1.0"], "'model.conv_dropout': 1.0; allowed: a number in [0, 1)"),
         (["train.precision=fp8"], "'train.precision': 'fp8'; allowed: float32 | mixed_bfloat16"),
         (["train.epochs=three"], "bad value for 'train.epochs': 'three'"),
         (["+train.epoch=3"], "unknown key 'train.epoch' (not a field of 'train'); did you mean 'train.epochs'?"),

@@ -21,7 +21,7 @@ LAYERS = {
     "model": {"core", "config", "data"},
     "tracking": {"core", "config", "data"},
     "stages": {"core", "config", "data", "model", "tracking"},
-    "predict": {"core", "config", "model", "tracking"},
+    "predict": {"core", "config", "data", "model", "tracking"},
     "run": {"core", "config", "data", "stages", "tracking"},
     "server": {"core"},
 }

@@ -115,3 +115,28 @@ def test_lr_scale_multiplies_the_learning_rate():
 
     cfg = validate(compose(["train=fast"]))
     assert float(build_optimizer(cfg.optimizer, cfg.train.lr_scale).learning_rate) == pytest.approx(0.002)
+
+
+def test_the_second_architecture_is_a_residual_network_of_its_own():
+    """resnet_small is not the seed's network: residual additions, batch normalisation, global pooling, under a
+    tenth of its parameters (conf/model/resnet_small.yaml says so); it takes any input shape and class count."""
+    model = build_model(validate(compose(["model=resnet_small"])).model, 5, (16, 16, 3))
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert model.name == "ResNet_small" and "Add" in kinds and "BatchNormalization" in kinds
+    assert "GlobalAveragePooling2D" in kinds and "Flatten" not in kinds
+    assert model.input_shape == (None, 16, 16, 3) and model.output_shape == (None, 5)
+    mnist = build_model(validate(compose(["model=resnet_small"])).model)
+    assert mnist.count_params() < SEED_PARAMETERS / 10
+
+
+def test_a_models_arguments_are_checked_by_its_yaml_and_its_builder():
+    """conf/model/<name>.yaml is the builder's schema: an unknown, missing or mistyped argument is refused before
+    any work, naming the key; a value out of range is refused by the builder, naming it too."""
+    from pipeline.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown key 'model\.filter' .*did you mean 'model\.filters'"):
+        validate(compose(["model=resnet_small", "+model.filter=[8]"]))
+    with pytest.raises(ConfigError, match=r"bad value for 'model\.blocks': 'two'; allowed: a value like 1"):
+        validate(compose(["model=resnet_small", "model.blocks=two"]))
+    with pytest.raises(ConfigError, match=r"'model\.conv_dropout': 1\.5; allowed: a number in \[0, 1\)"):
+        build_model(validate(compose(["model.conv_dropout=1.5"])).model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import struct
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import DatasetConfig, FileSpec
+from pipeline.config import DatasetConfig, FileSpec, compose, validate
 from pipeline.data import prepare
 from pipeline.data.formats import load_split
 from pipeline.data.preprocess import preprocess
@@ -34,10 +35,8 @@ def synthetic_dataset(folder: Path, name: str = "tiny", seed: int = 0) -> Datase
             fname = f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte.gz"
             (folder / fname).write_bytes(gzip.compress(content))
             files[f"{split}_{kind}"] = FileSpec(fname, hashlib.sha256(content).hexdigest(), len(content))
-    classes = [str(d) for d in range(10)]
-    return DatasetConfig(
-        name=name, mirrors=[str(folder)], files=files, num_classes=10, classes=classes, timeout=5, retries=1
-    )
+    mnist = validate(compose()).dataset  # an IDX dataset like MNIST, with these files
+    return dataclasses.replace(mnist, name=name, mirrors=[str(folder)], files=files, timeout=5, retries=1)
 
 
 def test_preprocess_keeps_uint8_pixels_loaded_as_float32_and_is_byte_for_byte_deterministic(tmp_path):

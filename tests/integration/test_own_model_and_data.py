@@ -1,0 +1,78 @@
+"""Your model, your images: the second architecture trained for real, and an image-folder dataset built on the
+fly from scikit-learn's bundled 8x8 digits (offline), taken through ``dvc repro``, the Hydra app with the
+second model, the registry gate and predict, as docs/own_data_and_model.md tells a user to.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import tracking
+from pipeline.stages import evaluate, train
+from tests.conftest import stage_env
+
+CLASSES = [str(d) for d in range(10)]
+
+
+def test_the_residual_network_trains_to_a_sane_accuracy(make_cfg):
+    cfg = make_cfg("model=resnet_small", "train.subset=null", "train.epochs=3")
+    with tracking.start_run(cfg) as run:
+        trained = train.run(cfg)
+        result = evaluate.evaluate(cfg)
+    assert trained.result.model.name == "ResNet_small" and trained.result.samples == 2000
+    assert result.metrics["test_accuracy"] >= 0.85, result.metrics  # 2,000 MNIST images, 3 epochs
+    assert run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def digits_project(tmp_path_factory, mirror):
+    """A copy of the project on the shipped example, as docs/own_data_and_model.md runs it."""
+    from pipeline.data.examples import write_sk_digits
+    from tests.conftest import copy_repo
+
+    repo = copy_repo(tmp_path_factory.mktemp("own") / "repo")
+    images = write_sk_digits(repo / "data" / "examples" / "sk_digits")  # python -m pipeline.data.examples
+    env = stage_env(mirror, MPLBACKEND="Agg")
+    params = ["dataset=sk_digits", "train.epochs=10", "train.verbose=silent"]
+    subprocess.run([sys.executable, "-m", "pipeline.config", *params], cwd=repo, env=env, check=True)
+    repro = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    assert repro.returncode == 0, repro.stdout[-4000:] + repro.stderr[-4000:]
+    return repo, env, [(repo / p, c) for p, c in images], repro.stdout + repro.stderr
+
+
+def test_dvc_repro_trains_and_gates_an_image_folder_dataset(digits_project):
+    repo, _, images, out = digits_project
+    metrics = json.loads((repo / "reports" / "metrics.json").read_text())
+    assert metrics["test_samples"] == pytest.approx(len(images) * 0.2, abs=10)  # a stratified fifth of each class
+    assert metrics["test_accuracy"] >= 0.8, metrics
+    per_class = (repo / "reports" / "per_class.csv").read_text().splitlines()
+    assert per_class[0] == "class,accuracy" and [r.split(",")[0] for r in per_class[1:]] == CLASSES
+    gate = json.loads((repo / "reports" / "registry.json").read_text())
+    assert gate["registered"] and gate["model"] == "sk_digits-cnn" and gate["promoted"]
+    assert "resized" in out  # the 8x8 images were resized to 16x16, and the preprocess stage said so
+
+
+def test_the_app_trains_the_second_model_on_it_and_predict_reads_images_back(digits_project):
+    repo, env, images, _ = digits_project
+    app = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", "dataset=sk_digits", "model=resnet_small", "train.epochs=10",
+         "train.verbose=silent"],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert app.returncode == 0, app.stdout[-4000:] + app.stderr[-4000:]
+    assert re.search(r"test_accuracy 0\.[89]\d+|test_accuracy 1\.0", app.stdout + app.stderr)
+    sample = images[::180][:10]
+    predicted = subprocess.run(
+        [sys.executable, "-m", "pipeline.predict", *(str(p) for p, _ in sample)],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    lines = predicted.stdout.splitlines()
+    assert len(lines) == len(sample)
+    right = sum(line.startswith(f"{path}: {label} (p=") for line, (path, label) in zip(lines, sample, strict=True))
+    assert right >= 0.7 * len(sample), predicted.stdout
