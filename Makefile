@@ -21,7 +21,7 @@ SWEEP ?= optimizer=sgd,rmsprop,adam
 # suit 2 cores: much of the suite is single-threaded process start-up (imports), which two workers overlap.
 TEST_WORKERS ?= 2
 
-.PHONY: install run ui sweep predict serve server server-stop test test-unit test-services test-slow test-all lint format params clean
+.PHONY: install run ui sweep predict serve server server-stop test test-unit test-faults test-services test-slow test-all lint format params clean
 
 install: $(VENV)/.installed
 
@@ -54,6 +54,9 @@ server-stop: install  ## stop what `make server` started: the server and its Pos
 
 test: install  ## unit + integration tests (small real subsets of MNIST), the quick suite, in $(TEST_WORKERS) processes
 	pytest -n $(TEST_WORKERS) --dist loadfile
+
+test-faults: install  ## the fault tier (real read-only mounts, a full tmpfs, swapped models, hostile images) and test_faults.py
+	pytest tests/faults tests/integration/test_faults.py
 
 test-services: install  ## tests that start servers, clusters or devices: the team set-up, Ray, MirroredStrategy
 	pytest -m "services and not slow"

@@ -71,16 +71,67 @@ def refusal(exc: BaseException) -> str | None:
     )
 
 
+#: What SQLite, SQLAlchemy and the file system say when the store cannot do its work, and what it means.
+STORE_FAULTS = (
+    (("readonly database", "read-only file system", "permission denied"), "read-only",
+     "make it writable, or point tracking.uri (or MLFLOW_TRACKING_URI) at a writable store"),
+    (("file is not a database", "database disk image is malformed", "malformed"), "damaged",
+     "move it aside (a new, empty store is then created) or restore it from a backup"),
+    (("no space left on device", "database or disk is full", "disk i/o error"), "full",
+     "free disk space where it lies, or point tracking.uri at a store with room"),
+    (("database is locked",), "locked",
+     "another process holds it for longer than the pipeline waits: let it finish, or use a tracking server"),
+)  # fmt: skip
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def store_fault(exc: BaseException) -> str | None:
+    """The MLflow store's failure (a SQLite file read-only, damaged, full or locked) as one line naming the store,
+    the likely cause and what to do; None for anything else."""
+    texts = " | ".join(str(e) for e in _chain(exc)).lower()
+    sqlish = any(type(e).__module__.split(".")[0] in ("sqlite3", "sqlalchemy", "mlflow") for e in _chain(exc))
+    store = _store()
+    folder = store[len("sqlite:///") :].rsplit("/", 1)[0] if store and store.startswith("sqlite:///") else None
+    # A file-system error counts when it is about a file beside the store (its lock, its run records, mlruns/).
+    beside = any(
+        isinstance(e, OSError) and folder and str(getattr(e, "filename", "") or "").startswith(folder)
+        for e in _chain(exc)
+    )
+    for needles, cause, todo in STORE_FAULTS:
+        if any(n in texts for n in needles) and (sqlish or beside):
+            return f"MLflow store {store or '(unknown)'}: {cause} ({_first_line(exc)}): {todo}"
+    return None
+
+
+def _store() -> str | None:
+    mlflow = sys.modules.get("mlflow")
+    uri = mlflow.get_tracking_uri() if mlflow else os.environ.get("MLFLOW_TRACKING_URI")
+    return str(uri) if uri else None
+
+
+def _first_line(exc: BaseException) -> str:
+    inner = next((e for e in _chain(exc) if type(e).__module__.split(".")[0] in ("sqlite3", "builtins")), exc)
+    return f"{type(inner).__name__}: {str(inner).splitlines()[0][:160]}" if str(inner) else type(inner).__name__
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn a :class:`UserError`, or a tracking server's refusal (:func:`refusal`), raised in the block
-    into :func:`fail`."""
+    """Turn a :class:`UserError`, a tracking server's refusal (:func:`refusal`) or a store that cannot work
+    (:func:`store_fault`) raised in the block into :func:`fail`."""
     try:
         yield
     except UserError as exc:
         fail(str(exc))
     except Exception as exc:
-        message = refusal(exc)
+        message = refusal(exc) or store_fault(exc)
         if message is None:
             raise
         fail(message)

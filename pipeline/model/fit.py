@@ -36,7 +36,7 @@ import numpy as np
 
 from pipeline.config import Config, Precision, Strategy, TrainConfig, Verbosity, config_hash
 from pipeline.core.errors import ConfigError
-from pipeline.core.files import atomic_path, exclusive_lock, remove, write_json
+from pipeline.core.files import atomic_path, exclusive_lock, remove, sha256_file, write_json
 from pipeline.core.timing import Timer
 from pipeline.data.formats import load_split
 from pipeline.model import patches
@@ -74,6 +74,7 @@ class TrainResult:
     train_seconds: float  # wall time of model.fit
     example: np.ndarray  # one training input and the model's output for it: the logged model's signature
     example_output: np.ndarray
+    model_sha256: str  # the saved file's content: what evaluate, the gate and predict check they score
     inputs: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))  # the training data (x, y) it fitted
     history: dict[str, list[float]] = field(default_factory=dict)
     precision: str = "float32"
@@ -348,6 +349,7 @@ def _fit(
     timer.mark("fit")
     with atomic_path(paths.model) as model_tmp:
         model.save(model_tmp)
+        model_sha256 = sha256_file(model_tmp)
     timer.mark("save model")
     log.info("trained %d parameters on %d samples in %.1f s", model.count_params(), len(x), train_seconds)
     return TrainResult(
@@ -360,6 +362,7 @@ def _fit(
         train_seconds=train_seconds,
         example=x[:1],
         example_output=np.asarray(model(x[:1], training=False)),
+        model_sha256=model_sha256,
         deterministic=deterministic,
         inputs=(x, y),
         history={k: [float(v) for v in vs] for k, vs in hist.history.items()},

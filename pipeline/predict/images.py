@@ -79,7 +79,12 @@ def load_classifier(
     import_tensorflow()  # before mlflow.keras imports Keras: TensorFlow's notices once
     if model is not None and model.endswith(".keras"):
         from pipeline.model.score import load_model
+        from pipeline.tracking.records import RunRecord, verify_model_file
 
+        here = root or Path.cwd()
+        run_info = here / cfg.paths.run_info
+        if (here / cfg.paths.model).resolve() == Path(model).resolve() and run_info.is_file():
+            verify_model_file(model, RunRecord.read(run_info), run_info)  # the pipeline's file: its run's model
         keras_model = load_model(model)
         return lambda x: np.asarray(keras_model.predict(x, verbose=0)), model
     from pipeline import tracking

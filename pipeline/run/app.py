@@ -147,8 +147,9 @@ def run_job(raw: DictConfig) -> float:
         tracking.log_dict(overrides_logged, "config/overrides.yaml")
         tracking.record_of(run).write(job_cfg.paths.run_info)  # the run is open: its record exists
         trained = train.run(job_cfg)
-        tracking.record_of(run, trained.model_id).write(job_cfg.paths.run_info)
-        evaluated = evaluate.run(job_cfg, evaluate.evaluate(job_cfg), trained.model_id, run.info.run_id)
+        record = tracking.record_of(run, trained.model_id, model_sha256=trained.result.model_sha256)
+        record.write(job_cfg.paths.run_info)
+        evaluated = evaluate.run(job_cfg, evaluate.evaluate(job_cfg, record), trained.model_id, run.info.run_id)
         value = objective(cfg, trained.result.history, evaluated.result.metrics)
         tracking.log_metrics({"objective": value})
     tracking.record_of(run, trained.model_id, run.info.run_id).write(job_cfg.paths.eval_info)

@@ -34,6 +34,7 @@ from pipeline.data.formats import load_split
 from pipeline.model.score import Scores
 from pipeline.stages import stage_main
 from pipeline.tracking.gate import GateReport, test_digest
+from pipeline.tracking.records import RunRecord, verify_model_file
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +55,16 @@ class Evaluated:
     gate: GateReport
 
 
-def evaluate(cfg: Config) -> EvalResult:
-    """Score ``paths.model`` on the test split and write the reports; return the numbers."""
+def evaluate(cfg: Config, trained: RunRecord | None = None) -> EvalResult:
+    """Score ``paths.model`` on the test split and write the reports; return the numbers. With ``trained`` (the
+    training's run record), the file is first checked to be the model that run saved and logged."""
     from pipeline.model.runtime import import_tensorflow
     from pipeline.model.score import load_model, score
 
     paths = cfg.paths
     timer = Timer("evaluate")
+    if trained is not None:
+        verify_model_file(paths.model, trained, paths.run_info)  # before any report: never a wrong number
     remove(paths.metrics, paths.confusion, paths.per_class)
     import_tensorflow()
     timer.mark("import tensorflow")
@@ -178,11 +182,12 @@ def gate(cfg: Config, result: EvalResult, model_id: str | None, run_id: str) -> 
 def main(fast_exit: bool = False) -> None:
     def job(cfg: Config, timer: Timer) -> None:
         remove(cfg.paths.eval_info, cfg.paths.registry)
-        with forked(evaluate, cfg) as scored:
+        trained = RunRecord.read(cfg.paths.run_info)
+        verify_model_file(cfg.paths.model, trained, cfg.paths.run_info)
+        with forked(evaluate, cfg, trained) as scored:
             from pipeline import tracking
 
             timer.mark("import mlflow")
-            trained = tracking.RunRecord.read(cfg.paths.run_info)
             with tracking.evaluation_run(cfg, trained) as active_run:
                 timer.mark("open run")
                 import_for_logging()

@@ -46,6 +46,7 @@ def log_training(cfg: Config, result: TrainResult) -> str | None:
         "strategy": result.strategy,
         "replicas": str(len(result.devices) or 1),
         "op_determinism": str(result.deterministic).lower(),
+        "model_sha256": result.model_sha256,
     }
     if result.devices:
         tags["devices"] = ",".join(result.devices)
@@ -55,7 +56,10 @@ def log_training(cfg: Config, result: TrainResult) -> str | None:
     tracking.log_artifact(result.steps_path, "reports")
     if not cfg.tracking.log_model:
         return None
-    return tracking.log_model(result.model, result.example, result.example_output, tracking.config_params(cfg))
+    return tracking.log_model(
+        result.model, result.example, result.example_output, tracking.config_params(cfg),
+        tags={"model_sha256": result.model_sha256},
+    )  # fmt: skip
 
 
 def main(fast_exit: bool = False) -> None:
@@ -66,7 +70,8 @@ def main(fast_exit: bool = False) -> None:
             trained = run(cfg)
             timer.mark("train")
             timer.add(trained.result.timings, into="train")
-        tracking.record_of(active_run, trained.model_id).write(cfg.paths.run_info)
+        record = tracking.record_of(active_run, trained.model_id, model_sha256=trained.result.model_sha256)
+        record.write(cfg.paths.run_info)
         timer.mark("close run")
 
     stage_main("train", job, fast_exit)

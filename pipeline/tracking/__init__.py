@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pipeline.tracking.models import MODEL_NAME, load_keras_model, log_model
     from pipeline.tracking.orphans import reap_orphans, record_add, record_remove
+    from pipeline.tracking.records import RunRecord, verify_model_file
     from pipeline.tracking.results import MetricsLogger, log_artifact, log_dataset, log_dict, log_figure, log_metrics
     from pipeline.tracking.runs import (
-        RunRecord,
         Terminated,
         active,
         config_params,
@@ -59,7 +59,8 @@ _WHERE = {
     "log_dict": "results",
     "log_figure": "results",
     "log_metrics": "results",
-    "RunRecord": "runs",
+    "RunRecord": "records",
+    "verify_model_file": "records",
     "Terminated": "runs",
     "active": "runs",
     "config_params": "runs",
@@ -105,6 +106,7 @@ __all__ = [
     "setup",
     "start_run",
     "tracking_uri",
+    "verify_model_file",
 ]
 
 

@@ -35,7 +35,9 @@ def model_requirements() -> list[str]:
     return reqs
 
 
-def log_model(model: Any, example: np.ndarray, output: np.ndarray, params: dict[str, str]) -> str:
+def log_model(
+    model: Any, example: np.ndarray, output: np.ndarray, params: dict[str, str], tags: dict[str, str] | None = None
+) -> str:
     """Log the Keras ``model`` (its signature from ``example`` and the model's ``output`` for it) as the active
     run's one LoggedModel; return its model_id.
 
@@ -56,7 +58,7 @@ def log_model(model: Any, example: np.ndarray, output: np.ndarray, params: dict[
 
     logged = retry(
         mlflow.initialize_logged_model, name=MODEL_NAME, source_run_id=run.info.run_id, params=params,
-        model_type="keras", recover=recover,
+        tags=tags, model_type="keras", recover=recover,
     )  # fmt: skip
     signature = infer_signature(example, output)
     retry(

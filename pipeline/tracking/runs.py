@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import json
+import logging
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -32,10 +31,12 @@ from mlflow.exceptions import MlflowException
 
 from pipeline.config import Config, flatten, to_dict
 from pipeline.core.errors import DataError
-from pipeline.core.files import write_json
 from pipeline.core.redact import redact, redact_tree
 from pipeline.tracking.orphans import reap_orphans, record_add, record_remove
+from pipeline.tracking.records import RunRecord
 from pipeline.tracking.store import create_run, retry, setup, tracking_uri
+
+log = logging.getLogger(__name__)
 
 
 class Terminated(BaseException):
@@ -144,13 +145,30 @@ def start_run(
             status = "KILLED"
             raise
         finally:
-            if status is not None:
-                active = mlflow.active_run()
-                if active is not None and active.info.run_id == run_id:
-                    retry(mlflow.end_run, status=status)
-                else:
-                    retry(client.set_terminated, run_id, status=status)
-            record_remove(uri, run_id)  # only after the run has ended
+            ended = status is None or _end(client, run_id, status, failing=sys.exc_info()[0] is not None)
+            if ended:
+                record_remove(uri, run_id)  # only after the run has ended: else the next run reaps it KILLED
+
+
+def _end(client: mlflow.MlflowClient, run_id: str, status: str, failing: bool) -> bool:
+    """End the run ``status``; True when it is ended. While another error unwinds (the store itself failing),
+    a failure to end it is logged, not raised over that error: its owner record stays, and the next run
+    against the store (:func:`pipeline.tracking.orphans.reap_orphans`) marks it KILLED once this process is gone."""
+    try:
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            retry(mlflow.end_run, status=status)
+        else:
+            retry(client.set_terminated, run_id, status=status)
+        return True
+    except Exception as exc:
+        if not failing:
+            raise
+        log.warning("MLflow run %s could not be marked %s (%s); the next run against the store marks it KILLED",
+                    run_id, status, str(exc).splitlines()[0][:200])  # fmt: skip
+        with contextlib.suppress(Exception):
+            mlflow.end_run(status=status)  # at least no run stays active in this process
+        return False
 
 
 def active() -> bool:
@@ -162,36 +180,11 @@ def set_tags(tags: dict[str, str]) -> None:
         retry(mlflow.set_tags, {k: redact(str(v)) for k, v in tags.items()})
 
 
-@dataclass(frozen=True)
-class RunRecord:
-    """What a stage leaves for later stages and for people: which MLflow run and logged model it made."""
-
-    run_id: str
-    experiment_id: str
-    model_id: str | None = None
-    train_run_id: str | None = None  # for an evaluation: the training run it evaluated
-
-    def write(self, path: Path | str) -> None:
-        write_json(path, {k: v for k, v in self.__dict__.items() if v is not None})
-
-    @classmethod
-    def read(cls, path: Path | str) -> RunRecord:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-            if not isinstance(data.get("run_id"), str):
-                raise ValueError("no run_id")
-            return cls(**{k: data.get(k) for k in ("run_id", "experiment_id", "model_id", "train_run_id")})
-        except FileNotFoundError:
-            raise DataError(
-                f"{path}: not found; it names the MLflow run of the train stage (dvc repro train)"
-            ) from None
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise DataError(f"{path}: not a valid run record ({exc})") from None
-
-
-def record_of(run: mlflow.ActiveRun, model_id: str | None = None, train_run_id: str | None = None) -> RunRecord:
-    return RunRecord(run.info.run_id, run.info.experiment_id, model_id, train_run_id)
+def record_of(
+    run: mlflow.ActiveRun, model_id: str | None = None, train_run_id: str | None = None,
+    model_sha256: str | None = None,
+) -> RunRecord:  # fmt: skip
+    return RunRecord(run.info.run_id, run.info.experiment_id, model_id, train_run_id, model_sha256)
 
 
 @contextlib.contextmanager

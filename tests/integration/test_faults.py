@@ -23,6 +23,7 @@ import yaml
 from pipeline import tracking
 from pipeline.config import FileSpec, to_dict
 from pipeline.core.errors import DataError
+from pipeline.core.files import sha256_file
 from pipeline.data.download import fetch
 from pipeline.data.formats import load_split, save_npz
 from pipeline.model.fit import fit
@@ -230,9 +231,9 @@ def test_evaluate_stage_failing_in_its_scoring_process_ends_the_run_failed(make_
     cfg = make_cfg()
     with tracking.start_run(cfg) as run:  # the training run: finished, no evaluation yet
         pass
-    tracking.record_of(run).write(cfg.paths.run_info)
     Path(cfg.paths.model).parent.mkdir(parents=True, exist_ok=True)
-    Path(cfg.paths.model).write_bytes(b"junk")
+    Path(cfg.paths.model).write_bytes(b"junk")  # recorded as the run's: the identity check passes, loading fails
+    tracking.record_of(run, model_sha256=sha256_file(cfg.paths.model)).write(cfg.paths.run_info)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
     proc = run_stage("evaluate", tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
