@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,10 @@ def log_evaluation(cfg: Config, result: EvalResult, model_id: str | None) -> Non
 
     if not tracking.active():
         return
-    per_class = {f"test_accuracy_class_{c}": a for c, a in enumerate(result.per_class_accuracy)}
+    per_class = {
+        f"test_accuracy_class_{metric_name(name)}": a
+        for name, a in zip(cfg.dataset.classes, result.per_class_accuracy, strict=True)
+    }
     tracking.log_dataset(cfg, result.inputs, result.labels, split="test", context="evaluation")
     tracking.log_metrics({**result.metrics, **per_class}, model_id=model_id)
     for path in result.report_paths:
@@ -147,6 +151,12 @@ def log_evaluation(cfg: Config, result: EvalResult, model_id: str | None) -> Non
     figure = confusion_figure(result.confusion, title, cfg.dataset.classes)
     tracking.log_figure(figure, "plots/confusion_matrix.png")
     log_predictions(result.predictions, result.labels)
+
+
+def metric_name(class_name: str) -> str:
+    """A class name as part of an MLflow metric key (letters, digits, ``_ - . /`` and spaces; anything else
+    becomes ``_``): ``test_accuracy_class_7``, ``test_accuracy_class_T-shirt/top``."""
+    return re.sub(r"[^\w\-./ ]", "_", class_name)
 
 
 def import_for_logging() -> None:

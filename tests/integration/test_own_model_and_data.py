@@ -55,6 +55,12 @@ def test_dvc_repro_trains_and_gates_an_image_folder_dataset(digits_project):
     gate = json.loads((repo / "reports" / "registry.json").read_text())
     assert gate["registered"] and gate["model"] == "sk_digits-cnn" and gate["promoted"]
     assert "resized" in out  # the 8x8 images were resized to 16x16, and the preprocess stage said so
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    run = client.get_run(json.loads((repo / "models" / "mlflow_run.json").read_text())["run_id"])
+    assert {f"test_accuracy_class_{c}" for c in CLASSES} <= set(run.data.metrics)  # per class, by its name
+    assert run.data.tags["dataset"] == "sk_digits" and len(run.data.tags["model_sha256"]) == 64
 
 
 def test_the_app_trains_the_second_model_on_it_and_predict_reads_images_back(digits_project):
