@@ -21,14 +21,26 @@ SWEEP ?= optimizer=sgd,rmsprop,adam
 # suit 2 cores: much of the suite is single-threaded process start-up (imports), which two workers overlap.
 TEST_WORKERS ?= 2
 
-.PHONY: install run ui sweep predict serve server server-stop test test-unit test-faults test-services test-slow test-all lint format params clean
+.PHONY: install install-dev smoke exps docs run ui sweep predict serve server server-stop test test-unit test-faults test-services test-slow test-all lint format params clean
+
+# make install: what the pipeline runs on (TensorFlow's CPU wheel: EXTRAS=gpu for the CUDA one); make install-dev
+# adds the tests, lint, docs and every optional extra; `make server` adds the team server's. docs/install.md
+# gives each set's footprint.
+EXTRAS ?= cpu
 
 install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+# an extra on top of the pipeline's install: .installed-dev, .installed-server...
+$(VENV)/.installed-%: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[$*]"
 	touch $@
 
 run: install  ## download -> preprocess -> train -> evaluate, each only if its inputs changed
@@ -46,37 +58,47 @@ predict: install  ## the champion on your images: make predict IMAGES="photo.jpg
 serve: install  ## REST API of the champion (mlflow models serve) on 127.0.0.1:$(SERVE_PORT) unless HOST says otherwise
 	python -m pipeline.tracking serve --host $(HOST) --port $(SERVE_PORT)
 
-server: install  ## the team's MLflow tracking server on PostgreSQL, proxied artifacts (AUTH=1: basic-auth) on $(HOST):$(PORT)
+server: $(VENV)/.installed-server  ## the team's MLflow tracking server on PostgreSQL, proxied artifacts (AUTH=1: basic-auth) on $(HOST):$(PORT)
 	python -m pipeline.server start --state-dir $(SERVER_STATE) --host $(HOST) --port $(PORT) $(if $(filter 1 true yes,$(AUTH)),--auth) $(SERVER_ARGS)
 
-server-stop: install  ## stop what `make server` started: the server and its PostgreSQL cluster
+server-stop: $(VENV)/.installed-server  ## stop what `make server` started: the server and its PostgreSQL cluster
 	python -m pipeline.server stop --state-dir $(SERVER_STATE)
 
-test: install  ## unit + integration tests (small real subsets of MNIST), the quick suite, in $(TEST_WORKERS) processes
+test: install-dev  ## unit + integration tests (small real subsets of MNIST), the quick suite, in $(TEST_WORKERS) processes
 	pytest -n $(TEST_WORKERS) --dist loadfile
 
-test-faults: install  ## the fault tier (real read-only mounts, a full tmpfs, swapped models, hostile images) and test_faults.py
+test-faults: install-dev  ## the fault tier (real read-only mounts, a full tmpfs, swapped models, hostile images) and test_faults.py
 	pytest tests/faults tests/integration/test_faults.py
 
-test-services: install  ## tests that start servers, clusters or devices: the team set-up, Ray, MirroredStrategy
+test-services: install-dev  ## tests that start servers, clusters or devices: the team set-up, Ray, MirroredStrategy
 	pytest -m "services and not slow"
 
-test-unit: install  ## unit tests: synthetic arrays, in-process, seconds
-	pytest tests/unit
+test-unit: install-dev  ## unit tests: synthetic arrays, in-process, seconds
+	pytest tests/unit -n $(TEST_WORKERS) --dist loadfile
 
-test-slow: install  ## full-data tests: the default pipeline end to end, serving, the UI
+test-slow: install-dev  ## full-data tests: the default pipeline end to end, serving, the UI
 	pytest -m slow
 
 test-all: test test-services test-slow  ## everything CI runs
 
-lint: install  ## ruff (lint and format check) and mypy, as CI runs them
+lint: install-dev  ## ruff (lint and format check) and mypy, as CI runs them
 	ruff check .
 	ruff format --check .
 	mypy
 
-format: install  ## apply ruff's formatting and safe fixes
+format: install-dev  ## apply ruff's formatting and safe fixes
 	ruff format .
 	ruff check --fix .
+
+smoke: install  ## a smoke run: 640 images through download, preprocess, train, evaluate and the gate, into a throw-away store (.cache/smoke)
+	python -m pipeline.run train=debug tracking.uri=sqlite:///$(abspath .cache/smoke)/mlflow.db hydra.run.dir=.cache/smoke/run
+
+exps: install  ## the DVC experiments in a table that fits 120 columns: the params that differ and the key metrics
+	dvc exp show --only-changed --drop 'Created|State|Executor|test_samples|data/|models/|pipeline/|reports/|optimizer\.(?!name$$|learning_rate$$)' \
+	  --precision 4 --no-pager $(if $(shell test -t 1 && echo tty),,--md) $(EXPS_ARGS)
+
+docs: install-dev  ## the docs site (mkdocs-material) on http://$(HOST):8000
+	NO_MKDOCS_2_WARNING=1 mkdocs serve -a $(HOST):8000
 
 params: install  ## rewrite params.yaml from conf/ (what `dvc exp run` does)
 	python -m pipeline.config

@@ -14,3 +14,29 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 # MLflow draws a progress bar for every artifact download (the registry gate fetches one): noise in a log.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def _project_interpreter() -> None:
+    """``python -m pipeline...`` run by an interpreter without the project's packages (DVC runs a stage's ``cmd``
+    with whatever ``python`` PATH names: ``.venv/bin/dvc repro`` without the venv on PATH): re-run the same
+    command with the project's ``.venv/bin/python``, or say in one line how to run it. Only for ``-m`` (while a
+    ``-m`` module's packages import, ``sys.argv[0]`` is ``"-m"``); an import from code is never touched."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if sys.argv[:1] != ["-m"] or importlib.util.find_spec("omegaconf") is not None:
+        return
+    venv = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
+    command = sys.orig_argv[sys.orig_argv.index("-m") :] if "-m" in sys.orig_argv else []
+    if venv.is_file() and Path(sys.executable).resolve() != venv.resolve() and command:
+        os.execv(venv, [str(venv), *command])
+    print(
+        f"error: {sys.executable} lacks the project's packages (omegaconf, TensorFlow, MLflow...): run `make run`, "
+        "or `make install` and then `.venv/bin/python -m ...` (or activate .venv)",
+        file=sys.stderr,
+    )
+    raise SystemExit(2)
+
+
+_project_interpreter()

@@ -244,7 +244,10 @@ class TrainConfig:
     deterministic: bool = field()
     fast_kernels: bool = field()
     backup_every: int = field(metadata=AT_LEAST_1)
-    log_every: int = field(metadata=AT_LEAST_1)
+    # Any: OmegaConf 2.3 has no Union, and the value is ``auto`` or an integer (pipeline.model.fit resolves auto).
+    log_every: Any = field(
+        metadata=rule(ok=lambda v: v == "auto" or (type(v) is int and v >= 1), allowed="auto or an integer >= 1")
+    )
     steps_per_execution: int = field(metadata=AT_LEAST_1)
     verbose: Verbosity
     strategy: Strategy

@@ -61,7 +61,8 @@ def validate(raw: Any, source: str = "config") -> Config:
     _check_strategy(t, source)
     for key in ("log_every", "backup_every"):
         # Keras calls batch callbacks once per execution: a curve point or a backup between two is never seen.
-        if getattr(t, key) % t.steps_per_execution:
+        # (log_every: auto is resolved to such a multiple by pipeline.model.fit.resolve_log_every.)
+        if isinstance(getattr(t, key), int) and getattr(t, key) % t.steps_per_execution:
             raise ConfigError(
                 f"{source}: bad value for 'train.{key}': {getattr(t, key)}; allowed: a multiple of "
                 f"train.steps_per_execution={t.steps_per_execution}"

@@ -108,7 +108,7 @@ def update_dvc_yaml(path: Path) -> bool:
     out: list[str] = []
     module = None
     for line in text.splitlines(keepends=True):
-        if m := re.search(r"cmd: python -m (pipeline(?:\.\w+)+)", line):
+        if m := re.search(r"cmd: python3? -m (pipeline(?:\.\w+)+)", line):
             module = m.group(1)
         if re.fullmatch(r"\s+- pipeline/\S+\.py\n?", line):
             if module is not None:

@@ -2,8 +2,8 @@
 
 Consumes: ``paths.processed_dir``/train.npz and the ``model``, ``optimizer``, ``train``, ``metrics`` and ``seed``
 config. Produces: ``paths.model`` (Keras format), ``paths.history`` (per-epoch metrics) and ``paths.steps`` (the
-training curve: loss and every metric of ``metrics`` every ``train.log_every`` steps), each written atomically,
-and a :class:`TrainResult`. :func:`fit` knows nothing of MLflow: observers (:class:`Observer`, such as
+training curve: loss and every metric of ``metrics`` every ``train.log_every`` steps; ``auto``: at least 20
+points, :func:`resolve_log_every`), each written atomically, and a :class:`TrainResult`. :func:`fit` knows nothing of MLflow: observers (:class:`Observer`, such as
 :class:`pipeline.tracking.MetricsLogger`) receive the same curve points and epoch metrics.
 
 A killed fit resumes: Keras' BackupAndRestore keeps weights and optimizer state every ``train.backup_every``
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import sys
 import time
@@ -133,6 +134,24 @@ def backup_folder(root: Path | str, name: str) -> Iterator[Path]:
                 yield folder
                 return
     raise RuntimeError(f"{root}: 1000 trainings of one config at once?")
+
+
+#: ``train.log_every: auto`` gives a run of this many steps or more at least this many curve points.
+CURVE_POINTS = 20
+
+
+def resolve_log_every(train: TrainConfig, samples: int) -> int:
+    """``train.log_every`` in steps. An integer is itself; ``auto`` gives at least :data:`CURVE_POINTS` points
+    to a run of that many steps or more (every step to a shorter one), from the run's steps: epochs x
+    ceil(training samples / batch), the training samples being what ``validation_split`` leaves (as Keras
+    splits: the first floor(samples x (1 - split))). Always a multiple of ``train.steps_per_execution``: Keras
+    calls batch callbacks once per execution, so a point between two is never seen."""
+    if train.log_every != "auto":
+        return int(train.log_every)
+    fitted = math.floor(samples * (1.0 - train.validation_split))
+    steps = train.epochs * math.ceil(fitted / train.batch_size)
+    spe = train.steps_per_execution
+    return max(spe, (steps // CURVE_POINTS) // spe * spe)
 
 
 def fit_verbosity(train: TrainConfig) -> int:
@@ -338,7 +357,7 @@ def _fit(
                     keras.callbacks.CSVLogger(str(history_tmp)),
                     step_curve()(
                         steps_tmp,
-                        t.log_every,
+                        resolve_log_every(t, len(x)),
                         [m.value for m in cfg.metrics],
                         observers,
                         progress=fit_verbosity(t) == 2,

@@ -2,9 +2,11 @@
 
 Consumes: ``paths.model``, ``paths.processed_dir``/test.npz, and the MLflow run and logged model that train
 recorded in ``paths.run_info``. Produces: ``paths.metrics`` (``test_loss``, ``test_accuracy``, ``test_samples``:
-DVC metrics), ``paths.confusion`` (actual,predicted per test image) and ``paths.per_class`` (accuracy per
-class): DVC plots; ``paths.registry`` (the gate's decision, :mod:`pipeline.tracking.registry`); in MLflow the
-same numbers linked to the logged model by ``model_id``, a confusion-matrix figure and the report files.
+DVC metrics), ``paths.confusion`` (actual,predicted per misclassified test image: the errors) and
+``paths.per_class`` (class,error_rate,errors,images): DVC plots; ``paths.registry`` (the gate's decision,
+:mod:`pipeline.tracking.registry`: ``registered`` is false for a model that was not promoted); in MLflow the
+same numbers linked to the logged model by ``model_id`` (per-class accuracies as ``test_accuracy_class_<name>``),
+the full confusion matrix as a figure (log colour scale) and the report files.
 
 :func:`evaluate` scores (:mod:`pipeline.model.score`) and writes the reports; :func:`run` logs and gates what
 it returns. :func:`main` logs into the training run while that run holds no evaluation yet, else into a new
@@ -38,6 +40,10 @@ from pipeline.tracking.gate import GateReport, test_digest
 from pipeline.tracking.records import RunRecord, verify_model_file
 
 log = logging.getLogger(__name__)
+#: ``paths.confusion``'s columns: one row per misclassified test image (DVC's confusion template).
+CONFUSION_COLUMNS = ("actual", "predicted")
+#: ``paths.per_class``'s columns: error_rate = 1 - the class's accuracy (6 digits), of ``images`` test images.
+PER_CLASS_COLUMNS = ("class", "error_rate", "errors", "images")
 
 
 @dataclass
@@ -86,43 +92,57 @@ def evaluate(cfg: Config, trained: RunRecord | None = None) -> EvalResult:
 
 
 def write_reports(cfg: Config, result: EvalResult) -> None:
-    """The report files, each class by its name (``dataset.classes``)."""
+    """The report files, each class by its name (``dataset.classes``): ``paths.confusion`` (``actual,predicted``:
+    one row per misclassified test image, the errors only, so DVC's confusion plot shows where the model goes
+    wrong; a perfect model writes just the header), ``paths.per_class`` (``class,error_rate,errors,images``)
+    and ``paths.metrics``. The full matrix is MLflow's figure (:func:`confusion_figure`)."""
     paths, names = cfg.paths, cfg.dataset.classes
     with atomic_path(paths.confusion) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["actual", "predicted"])
-        # One row per image, expanded from the matrix: what DVC's confusion template plots.
-        for actual, row in enumerate(result.confusion):
-            for predicted, count in enumerate(row):
+        writer.writerow(CONFUSION_COLUMNS)
+        # One row per wrong image, expanded from the matrix's off-diagonal cells: what DVC's template plots.
+        for (actual, predicted), count in np.ndenumerate(result.confusion):
+            if actual != predicted:
                 writer.writerows([[names[actual], names[predicted]]] * int(count))
+    images = result.confusion.sum(axis=1)
+    errors = images - result.confusion.diagonal()
     with atomic_path(paths.per_class) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["class", "accuracy"])
-        writer.writerows([names[c], round(a, 6)] for c, a in enumerate(result.per_class_accuracy))
+        writer.writerow(PER_CLASS_COLUMNS)
+        writer.writerows(
+            [names[c], round(1.0 - a, 6) if images[c] else 0.0, int(errors[c]), int(images[c])]
+            for c, a in enumerate(result.per_class_accuracy)
+        )
     write_json(paths.metrics, result.metrics)
     result.report_paths = [Path(paths.metrics), Path(paths.per_class), Path(paths.confusion)]
 
 
 def confusion_figure(cm: np.ndarray, title: str, classes: list[str] | None = None) -> Any:
-    """The confusion matrix as a matplotlib figure: counts in each cell, actual on y, predicted on x, each class
-    by its name."""
+    """The full confusion matrix as a matplotlib figure: counts in each cell, actual on y, predicted on x, each
+    class by its name. The colour scale is logarithmic, so a handful of errors shows beside a diagonal of
+    hundreds; an empty cell stays white."""
     import matplotlib
 
     matplotlib.use("Agg")
+    from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure
 
+    cm = np.asarray(cm)
     fig = Figure(figsize=(6, 6))
     ax = fig.subplots()
-    ax.imshow(cm, cmap="Blues")
+    shown = np.ma.masked_less_equal(cm, 0)  # zero cells masked: LogNorm cannot place them; drawn as the background
+    cmap = matplotlib.colormaps["Blues"].with_extremes(bad="white")
+    image = ax.imshow(shown, cmap=cmap, norm=LogNorm(vmin=1, vmax=max(int(cm.max()), 2)))
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="images (log scale)")
     ticks = range(len(cm))
     ax.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="actual", title=title)
     if classes is not None:
         ax.set_xticklabels(classes, rotation=45, ha="right", fontsize=7)
         ax.set_yticklabels(classes, fontsize=7)
+    dark = np.sqrt(max(int(cm.max()), 1))  # halfway up the log scale
     for (i, j), count in np.ndenumerate(cm):
-        ax.text(
-            j, i, str(count), ha="center", va="center", fontsize=7, color="white" if count > cm.max() / 2 else "black"
-        )
+        if count:
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color="white" if count > dark else "black")
     return fig
 
 
@@ -184,7 +204,7 @@ def gate(cfg: Config, result: EvalResult, model_id: str | None, run_id: str) -> 
         decision = registry_gate(
             cfg.registry, model_id, run_id, result.predictions, result.labels, result.digest, predict
         )
-        report = GateReport(registered=True, decision=decision)
+        report = GateReport(registered=decision.version is not None, decision=decision)
     write_json(cfg.paths.registry, report.as_dict())
     return report
 

@@ -2,7 +2,8 @@
 
 Consumes: two models' per-image correctness on one test set and the ``registry`` config. Produces a
 :class:`Verdict` (promote or not, why, McNemar's counts and p-value); :mod:`pipeline.tracking.registry` turns
-it into a :class:`Decision` about registered versions.
+it into a :class:`Decision` (a version registered only for a promoted model), and the evaluate stage into a
+:class:`GateReport` (``paths.registry``).
 
 "Beats" is decided by McNemar's exact test, the test for two classifiers scored on one test set: of the images
 where exactly one model is right, ``b`` favour the champion and ``c`` the challenger; if both are equally
@@ -37,7 +38,7 @@ class Decision:
     promoted: bool
     reason: str
     model: str  # registered model name
-    version: str
+    version: str | None  # the evaluated model's registered version; None: not registered (never promoted)
     accuracy: float
     champion_version: str | None = None  # the holder before this decision
     champion_accuracy: float | None = None
@@ -46,16 +47,24 @@ class Decision:
     p_value: float | None = None
     alpha: float = 0.05
     require_significance: bool = True
+    model_id: str | None = None  # the LoggedModel evaluated
+    run_id: str | None = None  # the evaluation's run, which holds this decision (registry/decision.json)
+    test_digest: str | None = None  # the test set both models were compared on (test_digest)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def summary(self) -> str:
+        shown = (
+            f"{self.model} v{self.version} ({self.accuracy:.4f})"
+            if self.version is not None
+            else f"{self.model} model {self.model_id} ({self.accuracy:.4f}, not registered)"
+        )
         if self.champion_version is None:
-            return f"{self.model} v{self.version} ({self.accuracy:.4f}) is the first champion"
+            return f"{shown} is the first champion"
         verb = "promoted over" if self.promoted else "did not replace"
         return (
-            f"{self.model} v{self.version} ({self.accuracy:.4f}) {verb} champion v{self.champion_version} "
+            f"{shown} {verb} champion v{self.champion_version} "
             f"({self.champion_accuracy:.4f}): b={self.b} c={self.c} McNemar p={self.p_value:.3g}; {self.reason}"
         )
 
@@ -95,7 +104,8 @@ def test_digest(x: np.ndarray, y: np.ndarray) -> str:
 
 @dataclass(frozen=True)
 class GateReport:
-    """What ``paths.registry`` holds: whether the model was gated, and the decision when it was."""
+    """What ``paths.registry`` holds: whether the model is a registered version (promoted now, or the champion
+    already), and the gate's decision when it was gated (its numbers and reason whether registered or not)."""
 
     registered: bool
     reason: str = ""  # why it was not gated (registry.enabled false, no logged model)

@@ -1,11 +1,15 @@
-"""The registry gate in MLflow: register each evaluated model; move the champion alias only to a real improvement.
+"""The registry gate in MLflow: the registry holds the champion and the models that were promoted, nothing else.
 
 Consumes: an evaluation (per-image predictions and labels on the test split, the test set's digest), the
-logged model it evaluated (``model_id``) and the ``registry`` config. Produces: a version of the registered
-model ``registry.name`` (one per logged model: re-evaluating a model reuses its version), the alias
-``registry.alias`` moved to it when it beats the current holder, and a :class:`Decision` (both accuracies,
-McNemar's counts and p-value) that the caller writes to ``paths.registry`` and that is set as tags on the run
-and, when the version is new, on the version.
+logged model it evaluated (``model_id``) and the ``registry`` config. Produces a :class:`Decision` (both
+accuracies, McNemar's counts and p-value, the version or None) that the caller writes to ``paths.registry``,
+that the evaluation's run holds as its artifact ``registry/decision.json`` beside three tags
+(``registry.promoted``, ``registry.version``, ``registry.reason``); and, only when the model is promoted, a
+version of the registered model ``registry.name`` (one per logged model) with the alias ``registry.alias``
+moved to it. The decision is made first, against the current champion; a model that is not promoted stays an
+MLflow LoggedModel linked to its run and adds no version. A version's tags are what a later gate reads back
+(``registry.eval_run_id``, ``registry.test_digest``) and two to read (``registry.accuracy``,
+``registry.reason``).
 
 "Beats" is decided on the same test images by McNemar's exact test, the test for two classifiers scored on
 one test set: of the images where exactly one model is right, ``b`` favour the champion and ``c`` the
@@ -27,9 +31,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +45,11 @@ from pipeline.tracking.gate import Decision, decide
 
 log = logging.getLogger(__name__)
 PREDICTIONS_ARTIFACT = "eval/predictions.npz"
+#: The gate's whole decision (:meth:`Decision.as_dict`), an artifact of the evaluation's run.
+DECISION_ARTIFACT = "registry/decision.json"
 TAG_PREFIX = "registry."
+#: The tags the gate sets on the evaluation's run; the rest of its decision is in DECISION_ARTIFACT.
+RUN_TAGS = (TAG_PREFIX + "promoted", TAG_PREFIX + "version", TAG_PREFIX + "reason")
 
 
 @contextlib.contextmanager
@@ -53,22 +61,45 @@ def _registry_lock(uri: str, name: str) -> Iterator[None]:
         yield
 
 
-def register(client: Any, name: str, model_id: str) -> tuple[Any, bool]:
-    """(the version of ``name`` for this logged model, True if it was created now rather than found)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+def registered_model(client: Any, name: str) -> Any | None:
+    """The registered model ``name``, or None when there is none yet (asked without MLflow printing anything)."""
+    from pipeline.tracking import store as tracking
+
+    found = tracking.retry(client.search_registered_models, filter_string=f"name = '{name}'", max_results=1)
+    return found[0] if found else None
+
+
+def version_of(client: Any, name: str, model_id: str) -> Any | None:
+    """The version of ``name`` that holds the logged model ``model_id``, or None when it was never registered."""
+    from pipeline.tracking import store as tracking
+
+    for version in tracking.retry(client.search_model_versions, f"name='{name}'"):
+        if model_id in (version.model_id, version.source.removeprefix("models:/")):  # SQLite leaves model_id empty
+            return version
+    return None
+
+
+def register(client: Any, name: str, model_id: str, tags: dict[str, str]) -> Any:
+    """A new version of ``name`` for the logged model ``model_id`` (the registered model created first when
+    there is none), tagged ``tags``; the logged model lists it (``mlflow.modelVersions``), as the UI shows.
+
+    MlflowClient's own calls, not ``mlflow.register_model``: that prints a notice per step ("Registered model
+    ... already exists", "Created version ...")."""
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
     from pipeline.tracking import store as tracking
 
-    try:
-        tracking.retry(client.create_registered_model, name)
-    except MlflowException as exc:
-        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code) and "already exists" not in str(exc):
-            raise
-    for version in tracking.retry(client.search_model_versions, f"name='{name}'"):
-        if model_id in (version.model_id, version.source.removeprefix("models:/")):  # SQLite leaves model_id empty
-            return version, False
-    return tracking.retry(mlflow.register_model, f"models:/{model_id}", name, await_registration_for=0), True
+    if registered_model(client, name) is None:
+        tracking.retry(client.create_registered_model, name, recover=lambda: registered_model(client, name))
+    logged = tracking.retry(client.get_logged_model, model_id)
+    version = tracking.retry(
+        client.create_model_version, name, source=f"models:/{model_id}", run_id=logged.source_run_id, tags=tags,
+        model_id=model_id, recover=lambda: version_of(client, name, model_id),
+    )  # fmt: skip
+    listed = json.loads(logged.tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+    listed.append({"name": name, "version": str(version.version)})
+    tracking.retry(client.set_logged_model_tags, model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(listed)})
+    return version
 
 
 def champion_predictions(
@@ -92,10 +123,11 @@ def gate(
     digest: str,
     predict: Callable[[str], np.ndarray],
 ) -> Decision:
-    """Register the evaluated model and move the alias if it beats the champion; tag run and version.
+    """Decide whether the evaluated model beats the champion; register it and move the alias only if it does.
 
     ``predict(model_uri)`` gives another registered model's predicted classes on this test set (needed only
-    when the champion was scored on another one). The active tracking URI is the store's.
+    when the champion was scored on another one). The active tracking URI is the store's. The run gets three
+    tags (:data:`RUN_TAGS`) and the whole decision as its artifact :data:`DECISION_ARTIFACT`.
     """
     import mlflow
     from mlflow.entities import RunTag
@@ -104,49 +136,70 @@ def gate(
 
     client = mlflow.MlflowClient()
     predictions, labels = np.asarray(predictions), np.asarray(labels)
-    accuracy = float(np.mean(predictions == labels))
+    correct = predictions == labels
     with _registry_lock(mlflow.get_tracking_uri(), cfg.name):
-        version, created = register(client, cfg.name, model_id)
-        try:
-            champion = tracking.retry(client.get_model_version_by_alias, cfg.name, cfg.alias)
-        except mlflow.exceptions.MlflowException:
-            champion = None
-        if champion is not None and str(champion.version) == str(version.version):
-            champion_correct: np.ndarray | None = np.asarray(predictions) == labels  # itself: b = c = 0
+        exists = registered_model(client, cfg.name) is not None
+        champion = _champion(client, cfg) if exists else None
+        own = version_of(client, cfg.name, model_id) if exists else None  # a champion now, or one displaced since
+        itself = champion is not None and own is not None and str(champion.version) == str(own.version)
+        if itself:
+            champion_correct: np.ndarray | None = correct  # b = c = 0
         elif champion is not None:
             champion_correct = champion_predictions(client, cfg, champion, digest, predict) == labels
         else:
             champion_correct = None
-        verdict = decide(predictions == labels, champion_correct, cfg)
-        if champion is not None and str(champion.version) == str(version.version):
+        verdict = decide(correct, champion_correct, cfg)
+        if itself:
             verdict = dataclasses.replace(verdict, promote=False, reason="already the champion")
-        decision = Decision(
-            promoted=verdict.promote,
-            reason=verdict.reason,
-            model=cfg.name,
-            version=str(version.version),
-            accuracy=accuracy,
-            champion_version=None if champion is None else str(champion.version),
-            champion_accuracy=None if champion_correct is None else float(np.mean(champion_correct)),
-            b=verdict.b,
-            c=verdict.c,
-            p_value=verdict.p_value,
-            alpha=cfg.alpha,
-            require_significance=cfg.require_significance,
-        )
-        tags = {f"{TAG_PREFIX}{k}": str(v) for k, v in decision.as_dict().items()}
-        if created:  # a version's tags keep the decision made when it was registered; re-gating tags only the run
-            version_tags = {**tags, TAG_PREFIX + "eval_run_id": run_id, TAG_PREFIX + "test_digest": digest}
-            # One call per tag (the registry has no batch call): side by side against a server, where each
-            # is a round trip (14 in a row cost 0.8 s); in turn against SQLite, which has one writer.
-            with ThreadPoolExecutor(max_workers=8 if tracking.is_server(mlflow.get_tracking_uri()) else 1) as pool:
-                list(pool.map(lambda kv: tracking.retry(client.set_model_version_tag, cfg.name, decision.version, *kv),
-                              version_tags.items()))  # fmt: skip
-        tracking.retry(client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        accuracy = float(np.mean(correct))
+        # What a later gate reads back (champion_predictions), and what a person reads in the registry's UI.
+        version_tags = {
+            TAG_PREFIX + "eval_run_id": run_id,
+            TAG_PREFIX + "test_digest": digest,
+            TAG_PREFIX + "accuracy": f"{accuracy:.6f}",
+            TAG_PREFIX + "reason": verdict.reason,
+        }
         if verdict.promote:
-            tracking.retry(client.set_registered_model_alias, cfg.name, cfg.alias, decision.version)
+            if own is None:
+                own = register(client, cfg.name, model_id, version_tags)
+            else:  # a displaced version back on top (on another test set): tagged by this evaluation
+                for key, value in version_tags.items():
+                    tracking.retry(client.set_model_version_tag, cfg.name, str(own.version), key, value)
+            tracking.retry(client.set_registered_model_alias, cfg.name, cfg.alias, str(own.version))
+    decision = Decision(
+        promoted=verdict.promote,
+        reason=verdict.reason,
+        model=cfg.name,
+        version=None if own is None else str(own.version),
+        accuracy=accuracy,
+        champion_version=None if champion is None else str(champion.version),
+        champion_accuracy=None if champion_correct is None else float(np.mean(champion_correct)),
+        b=verdict.b,
+        c=verdict.c,
+        p_value=verdict.p_value,
+        alpha=cfg.alpha,
+        require_significance=cfg.require_significance,
+        model_id=model_id,
+        run_id=run_id,
+        test_digest=digest,
+    )
+    tags = dict(zip(RUN_TAGS, (str(decision.promoted), decision.version or "none", decision.reason), strict=True))
+    tracking.retry(client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    tracking.retry(client.log_dict, run_id, decision.as_dict(), DECISION_ARTIFACT)
     log.info("registry: %s", decision.summary())
     return decision
+
+
+def _champion(client: Any, cfg: RegistryConfig) -> Any | None:
+    """The version holding ``registry.alias``, or None (no alias yet)."""
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.tracking import store as tracking
+
+    try:
+        return tracking.retry(client.get_model_version_by_alias, cfg.name, cfg.alias)
+    except MlflowException:
+        return None
 
 
 def log_predictions(predictions: np.ndarray, labels: np.ndarray) -> None:

@@ -296,27 +296,45 @@ def test_a_re_evaluation_gets_its_own_run_and_the_trained_run_stays_history(proj
 
 def test_every_evaluation_goes_through_the_registry_gate(project):
     """dvc repro's model becomes the first champion; re-evaluating it keeps its version; the queued
-    experiment and the sweep's job register versions of their own, gated under one lock."""
+    experiment and the sweep's jobs are gated too, under one lock, and registered only when promoted. Each
+    gated run holds three registry tags and its whole decision as registry/decision.json."""
     first, again = project["registry"]
     assert (
         first["registered"] and first["promoted"] and first["reason"] == "no champion yet" and first["version"] == "1"
     )
     assert (again["version"], again["reason"], again["promoted"]) == ("1", "already the champion", False)
     client = store(project["repo"])
-    versions = client.search_model_versions("name='mnist_small-cnn'")
-    # dvc repro's model, the queued experiment's, the sweep's mnist_small jobs (one beside fashion_small, else two)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    gated = [r for r in client.search_runs(experiments) if "registry.promoted" in r.data.tags]
+    decisions = {}
+    for run in gated:
+        assert {k for k in run.data.tags if k.startswith("registry.")} == {
+            "registry.promoted", "registry.version", "registry.reason"
+        }  # fmt: skip
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path="registry/decision.json", tracking_uri=client.tracking_uri
+        )
+        decision = json.loads(Path(path).read_text())
+        assert (str(decision["promoted"]), decision["version"] or "none", decision["reason"]) == (
+            run.data.tags["registry.promoted"], run.data.tags["registry.version"], run.data.tags["registry.reason"]
+        )  # fmt: skip
+        decisions[run.info.run_id] = decision
+    mnist = [d for d in decisions.values() if d["model"] == "mnist_small-cnn"]
+    # dvc repro's model and its re-evaluation, the queued experiment's, the sweep's mnist_small jobs
     sweep_jobs = [c for c in sweep_children(project["repo"])[1:] if c.data.tags["dataset"] == "mnist_small"]
-    assert len(versions) == 2 + len(sweep_jobs)
-    champion = client.get_model_version_by_alias("mnist_small-cnn", "champion")
+    assert len(mnist) == 3 + len(sweep_jobs)
+    versions = client.search_model_versions("name='mnist_small-cnn'")
+    promoted = sorted(int(d["version"]) for d in mnist if d["promoted"])
+    assert sorted(int(v.version) for v in versions) == promoted  # the registry: the promoted models, no other
+    assert all(d["version"] is None for d in mnist if not d["promoted"] and d["reason"] != "already the champion")
     for version in versions:
         full = client.get_model_version("mnist_small-cnn", version.version)
-        assert {"registry.promoted", "registry.p_value", "registry.eval_run_id"} <= set(full.tags)
-    promoted = [
-        v
-        for v in versions
-        if client.get_model_version("mnist_small-cnn", v.version).tags["registry.promoted"] == "True"
-    ]
-    assert str(champion.version) == str(max(int(v.version) for v in promoted))  # the last promotion holds the alias
+        assert {"registry.eval_run_id", "registry.test_digest"} <= set(full.tags) <= {
+            "registry.eval_run_id", "registry.test_digest", "registry.accuracy", "registry.reason"
+        }  # fmt: skip
+    champion = client.get_model_version_by_alias("mnist_small-cnn", "champion")
+    assert str(champion.version) == str(max(promoted))  # the last promotion holds the alias
+    assert "already exists" not in project["printed"]
 
 
 def test_dvc_plots_render_offline(project):

@@ -51,7 +51,10 @@ def test_dvc_repro_trains_and_gates_an_image_folder_dataset(digits_project):
     assert metrics["test_samples"] == pytest.approx(len(images) * 0.2, abs=10)  # a stratified fifth of each class
     assert metrics["test_accuracy"] >= 0.8, metrics
     per_class = (repo / "reports" / "per_class.csv").read_text().splitlines()
-    assert per_class[0] == "class,accuracy" and [r.split(",")[0] for r in per_class[1:]] == CLASSES
+    assert per_class[0] == "class,error_rate,errors,images" and [r.split(",")[0] for r in per_class[1:]] == CLASSES
+    wrong = round((1 - metrics["test_accuracy"]) * metrics["test_samples"])
+    assert sum(int(r.split(",")[2]) for r in per_class[1:]) == wrong  # the errors, class by class
+    assert len((repo / "reports" / "confusion.csv").read_text().splitlines()) == 1 + wrong  # the errors only
     gate = json.loads((repo / "reports" / "registry.json").read_text())
     assert gate["registered"] and gate["model"] == "sk_digits-cnn" and gate["promoted"]
     assert "resized" in out  # the 8x8 images were resized to 16x16, and the preprocess stage said so

@@ -36,9 +36,17 @@ def test_train_evaluate_one_mlflow_run(make_cfg):
     metrics = json.loads(Path(cfg.paths.metrics).read_text())
     assert set(metrics) == {"test_loss", "test_accuracy", "test_samples"} and metrics["test_samples"] == 1000
     assert 0.2 < metrics["test_accuracy"] <= 1.0  # 512 samples, 2 epochs of SGD: learning (chance is 0.1)
-    assert len(Path(cfg.paths.confusion).read_text().splitlines()) == 1001
+    wrong = int(np.sum(ev.predictions != ev.labels))
+    assert wrong == round((1 - metrics["test_accuracy"]) * 1000) > 0
+    assert len(Path(cfg.paths.confusion).read_text().splitlines()) == 1 + wrong  # the errors only, one row each
     per_class = Path(cfg.paths.per_class).read_text().splitlines()
-    assert per_class[0] == "class,accuracy" and len(per_class) == 11
+    assert per_class[0] == "class,error_rate,errors,images" and len(per_class) == 11
+    rows = [r.split(",") for r in per_class[1:]]
+    assert sum(int(r[2]) for r in rows) == wrong and sum(int(r[3]) for r in rows) == 1000
+    assert [float(r[1]) for r in rows] == [round(1 - a, 6) for a in ev.per_class_accuracy]
+    # train.log_every: auto: 512 samples, 2 epochs of batch 32 are 32 steps, each a point of the curve.
+    curve = Path(cfg.paths.steps).read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in curve] == list(range(1, 33))
     assert Path(cfg.paths.history).read_text().splitlines()[0].startswith("epoch,")
 
     # The run: finished, every config value as a dotted param, per-epoch and test metrics, tags, model.
@@ -58,6 +66,7 @@ def test_train_evaluate_one_mlflow_run(make_cfg):
     assert len(r.data.params) >= 40
     assert [m.step for m in client.get_metric_history(r.info.run_id, "accuracy")] == [0, 1]
     assert len(client.get_metric_history(r.info.run_id, "loss")) == 2
+    assert [p.step for p in client.get_metric_history(r.info.run_id, "batch_accuracy")] == list(range(1, 33))
     assert r.data.metrics["test_accuracy"] == metrics["test_accuracy"]  # the very number in metrics.json
     assert r.data.metrics["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-12)
     assert r.data.metrics["parameters"] == SEED_PARAMETERS
@@ -128,6 +137,8 @@ def test_stage_functions_need_no_mlflow_run_and_same_seed_same_model(make_cfg, t
 
     cfg = make_cfg("train.subset=320")
     first, second = fit(cfg), fit(cfg)
+    # log_every: auto on a run shorter than 20 steps (320 samples, batch 32): every step a curve point.
+    assert [int(r.split(",")[0]) for r in Path(cfg.paths.steps).read_text().splitlines()[1:]] == list(range(1, 11))
     assert first.history == second.history and weights(first) == weights(second)
     assert weights(first) != weights(fit(make_cfg("train.subset=320", "seed=7")))
     assert first.parameters == SEED_PARAMETERS and first.samples == 320 and first.example.shape == (1, 28, 28, 1)

@@ -85,14 +85,64 @@ def test_first_better_worse_equal_and_rerun(uri):
     assert not close.promoted and close.p_value >= 0.05
     assert champion_version(uri, "gate-cnn") == better.version == "2"
 
+    # The registry holds the two promoted models; the others stay LoggedModels, decided but not registered.
     client = mlflow.MlflowClient(uri)
-    version = client.get_model_version("gate-cnn", worse.version)
-    assert version.tags["registry.promoted"] == "False" and version.tags["registry.champion_version"] == "2"
-    assert float(version.tags["registry.p_value"]) == pytest.approx(worse.p_value)
-    run = client.get_run(version.tags["registry.eval_run_id"])
-    assert (
-        run.data.tags["registry.version"] == worse.version and run.data.tags["registry.reason"] == "not more accurate"
-    )
+    versions = client.search_model_versions("name='gate-cnn'")
+    assert sorted(v.version for v in versions) == [1, 2] and (worse.version, close.version) == (None, None)
+    assert {v.source for v in versions} == {f"models:/{first.model_id}", f"models:/{better.model_id}"}
+    version = client.get_model_version("gate-cnn", better.version)
+    # What a later gate reads back (champion_predictions), and two to read: no more.
+    assert set(version.tags) == {"registry.eval_run_id", "registry.test_digest", "registry.accuracy", "registry.reason"}
+    assert version.tags["registry.eval_run_id"] == better.run_id and version.tags["registry.test_digest"] == "digest-1"
+    assert version.run_id == client.get_logged_model(better.model_id).source_run_id
+    assert json.loads(client.get_logged_model(better.model_id).tags["mlflow.modelVersions"]) == [
+        {"name": "gate-cnn", "version": "2"}
+    ]
+    assert "mlflow.modelVersions" not in client.get_logged_model(worse.model_id).tags
+
+
+def test_a_run_gets_three_registry_tags_and_the_whole_decision_as_an_artifact(uri):
+    cfg = registry_config("gate-cnn")
+    first = run_gate(uri, cfg, 0.90, seed=1)
+    worse = run_gate(uri, cfg, 0.85, seed=3)
+    client = mlflow.MlflowClient(uri)
+    for decision, version in ((first, "1"), (worse, "none")):
+        run = client.get_run(decision.run_id)
+        tags = {k: v for k, v in run.data.tags.items() if k.startswith("registry.")}
+        assert tags == {
+            "registry.promoted": str(decision.promoted), "registry.version": version, "registry.reason": decision.reason
+        }  # fmt: skip
+        path = mlflow.artifacts.download_artifacts(
+            run_id=decision.run_id, artifact_path=registry.DECISION_ARTIFACT, tracking_uri=uri
+        )
+        saved = json.loads(Path(path).read_text())
+        assert saved == json.loads(json.dumps(decision.as_dict()))
+    assert (saved["version"], saved["champion_version"], saved["b"] > saved["c"]) == (None, "1", True)
+
+
+def test_an_identical_model_adds_no_version_and_the_champion_stays(uri):
+    """A second, identical deterministic training (another LoggedModel, the same predictions: b = c = 0) is
+    judged, not registered."""
+    cfg = registry_config("gate-cnn")
+    first = run_gate(uri, cfg, 0.90, seed=1)
+    twin = run_gate(uri, cfg, 0.90, seed=1)
+    assert twin.model_id != first.model_id
+    assert (twin.promoted, twin.version, twin.b, twin.c, twin.p_value) == (False, None, 0, 0, 1.0)
+    assert twin.reason == "not more accurate" and twin.champion_version == "1"
+    assert len(mlflow.MlflowClient(uri).search_model_versions("name='gate-cnn'")) == 1
+    assert champion_version(uri, "gate-cnn") == "1"
+
+
+def test_nothing_misleading_is_printed_on_a_brand_new_store(uri, capfd, caplog):
+    """MlflowClient's calls, not mlflow.register_model: no "Registered model ... already exists", no
+    "Successfully registered", on a new store or an existing one."""
+    cfg = registry_config("gate-cnn")
+    for accuracy, seed in ((0.90, 1), (0.96, 2), (0.93, 3), (0.99, 4)):
+        run_gate(uri, cfg, accuracy, seed)
+    printed = "".join(capfd.readouterr()) + caplog.text
+    for notice in ("already exists", "Successfully registered", "Created version"):
+        assert notice not in printed
+    assert len(mlflow.MlflowClient(uri).search_model_versions("name='gate-cnn'")) == 3
 
 
 def test_re_gating_the_same_model_reuses_its_version_and_keeps_the_champion(uri):
@@ -136,7 +186,10 @@ def test_concurrent_evaluations_end_with_the_alias_on_the_best_model(uri, tmp_pa
     ]
     decisions = [json.loads(p.communicate(timeout=120)[0].strip().splitlines()[-1]) for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
-    best = next(d for d in decisions if d["accuracy"] == 0.97)
-    assert champion_version(uri, "race-cnn") == best["version"]
-    assert sorted(d["version"] for d in decisions) == ["1", "2"]  # one version each, none lost
+    best, other = (next(d for d in decisions if d["accuracy"] == a) for a in (0.97, 0.80))
+    assert best["promoted"] and champion_version(uri, "race-cnn") == best["version"]
+    # The worse one is registered only if it came first (then the best displaced it), never lost nor doubled.
+    versions = mlflow.MlflowClient(uri).search_model_versions("name='race-cnn'")
+    assert sorted(str(v.version) for v in versions) == sorted(d["version"] for d in decisions if d["version"])
+    assert (other["version"] is None) == (other["champion_version"] == best["version"])
     assert Path(tmp_path / "mlflow.db").is_file()

@@ -116,7 +116,7 @@ def test_a_new_stage_follows_the_recipe(repo_copy, mirror):
         dvc_yaml.read_text().replace(
             "\n# The training curve",
             textwrap.indent(
-                "summary:\n  cmd: python -m pipeline.stages.summary\n  deps:\n    - pipeline/stages/summary.py\n"
+                "summary:\n  cmd: python3 -m pipeline.stages.summary\n  deps:\n    - pipeline/stages/summary.py\n"
                 "    - ${paths.processed_dir}\n  outs:\n    - ${paths.summary}\n",
                 "  ",
             )

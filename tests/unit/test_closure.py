@@ -15,7 +15,7 @@ def stage_code_deps(stage: dict) -> set[str]:
 def test_each_stage_depends_on_exactly_the_modules_it_imports():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
-        module = stage["cmd"].split("python -m ", 1)[1].split()[0]
+        module = stage["cmd"].split(" -m ", 1)[1].split()[0]
         expected = {p.as_posix() for p in closure(module)}
         listed = stage_code_deps(stage)
         assert listed == expected, (

@@ -42,9 +42,11 @@ def test_defaults_reproduce_the_seed():
         (["metrics=[accuracy,auc]"], "'metrics[1]': 'auc'"),
         (["train.steps_per_execution=0"], "'train.steps_per_execution': 0; allowed: an integer >= 1"),
         (
-            ["train.steps_per_execution=30"],
+            ["train.steps_per_execution=30", "train.log_every=100", "train.backup_every=60"],
             "'train.log_every': 100; allowed: a multiple of train.steps_per_execution=30",
         ),
+        (["train.log_every=0"], "'train.log_every': 0; allowed: auto or an integer >= 1"),
+        (["train.log_every=often"], "'train.log_every': 'often'; allowed: auto or an integer >= 1"),
         (["train.steps_per_execution=50", "train.backup_every=120"], "'train.backup_every': 120; allowed: a multiple"),
         (["train.strategy=horovod"], "'train.strategy': 'horovod'; allowed: default | mirrored"),
         (

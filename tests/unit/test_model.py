@@ -140,3 +140,79 @@ def test_a_models_arguments_are_checked_by_its_yaml_and_its_builder():
         validate(compose(["model=resnet_small", "model.blocks=two"]))
     with pytest.raises(ConfigError, match=r"'model\.conv_dropout': 1\.5; allowed: a number in \[0, 1\)"):
         build_model(validate(compose(["model.conv_dropout=1.5"])).model)
+
+
+def evaluation(confusion: list[list[int]]):
+    """An EvalResult for a confusion matrix (actual x predicted), as score() would give it."""
+    from pipeline.stages.evaluate import EvalResult
+
+    cm = np.array(confusion)
+    labels = np.repeat(np.arange(len(cm)), cm.sum(axis=1))
+    predictions = np.concatenate([np.repeat(np.arange(len(cm)), row) for row in cm])
+    per_class = (cm.diagonal() / np.maximum(cm.sum(axis=1), 1)).tolist()
+    metrics = {"test_loss": 0.1, "test_accuracy": float(np.trace(cm) / cm.sum()), "test_samples": int(cm.sum())}
+    return EvalResult(metrics, per_class, cm, predictions=predictions, labels=labels)
+
+
+def confusion_of(errors: dict[tuple[int, int], int], right: int = 90) -> list[list[int]]:
+    cm = np.diag([right] * 10)
+    for (actual, predicted), count in errors.items():
+        cm[actual, predicted] = count
+    return cm.tolist()
+
+
+def test_the_confusion_report_holds_only_the_misclassified_images(make_config):
+    """DVC's confusion plot shows the errors: one (actual, predicted) row per wrong prediction, none for the
+    diagonal; a perfect model writes the header alone."""
+    import csv
+    from collections import Counter
+    from pathlib import Path
+
+    from pipeline.stages.evaluate import write_reports
+
+    cfg = make_config()
+    result = evaluation(confusion_of({(4, 9): 3, (7, 1): 2, (9, 4): 1}))
+    write_reports(cfg, result)
+    with open(cfg.paths.confusion, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["actual", "predicted"]
+    assert len(rows) - 1 == int(np.sum(result.predictions != result.labels)) == 6
+    assert Counter(map(tuple, rows[1:])) == {("4", "9"): 3, ("7", "1"): 2, ("9", "4"): 1}
+
+    write_reports(cfg, evaluation(confusion_of({})))
+    assert Path(cfg.paths.confusion).read_text().splitlines() == ["actual,predicted"]
+
+
+def test_the_per_class_report_gives_error_rates_with_their_counts(make_config):
+    import csv
+
+    from pipeline.stages.evaluate import write_reports
+
+    cfg = make_config()
+    write_reports(cfg, evaluation(confusion_of({(4, 9): 3, (7, 1): 2, (9, 4): 1}, right=97)))
+    with open(cfg.paths.per_class, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["class", "error_rate", "errors", "images"]
+    assert [r["class"] for r in rows] == cfg.dataset.classes
+    four, seven, zero = rows[4], rows[7], rows[0]
+    assert (four["error_rate"], four["errors"], four["images"]) == (str(round(3 / 100, 6)), "3", "100")
+    assert (seven["error_rate"], seven["errors"], seven["images"]) == (str(round(2 / 99, 6)), "2", "99")
+    assert (float(zero["error_rate"]), zero["errors"], zero["images"]) == (0.0, "0", "97")
+
+
+def test_the_confusion_figure_has_a_log_scale_and_blank_empty_cells():
+    """MLflow's figure keeps the full matrix; on a log colour scale three errors show beside 980 right."""
+    from matplotlib.colors import LogNorm
+
+    from pipeline.stages.evaluate import confusion_figure
+
+    cm = np.array(confusion_of({(4, 9): 3}, right=980))
+    fig = confusion_figure(cm, "test accuracy 0.9997", [str(c) for c in range(10)])
+    image = fig.axes[0].images[0]
+    assert isinstance(image.norm, LogNorm) and image.norm.vmin == 1 and image.norm.vmax == 980
+    shown = image.get_array()
+    assert shown.mask[0, 1] and not shown.mask[4, 9] and not shown.mask[0, 0]  # zero cells: masked, drawn white
+    assert tuple(image.cmap.get_bad()) == (1.0, 1.0, 1.0, 1.0)
+    texts = {t.get_text() for t in fig.axes[0].texts}
+    assert {"980", "3"} <= texts and "0" not in texts
+    fig.savefig(__import__("io").BytesIO(), format="png")  # it renders

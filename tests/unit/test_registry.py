@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import binomtest
 
 from pipeline.config import RegistryConfig, compose, validate
-from pipeline.tracking.gate import decide, mcnemar
+from pipeline.tracking.gate import Decision, GateReport, decide, mcnemar
 
 
 def registry(**changes) -> RegistryConfig:
@@ -54,3 +54,17 @@ def test_the_gate_promotes_only_a_real_improvement(counts, cfg, promote, reason)
 def test_the_first_model_becomes_champion():
     decided = decide(np.array([True, False]), None, registry())
     assert (decided.promote, decided.reason, decided.p_value) == (True, "no champion yet", None)
+
+
+def test_a_model_not_promoted_is_reported_unregistered_with_the_decisions_numbers():
+    """reports/registry.json for a candidate that did not beat the champion: registered false, no version, and
+    every number of the decision (its run's registry/decision.json holds the same)."""
+    decision = Decision(
+        promoted=False, reason="not more accurate", model="mnist-cnn", version=None, accuracy=0.98,
+        champion_version="3", champion_accuracy=0.99, b=12, c=2, p_value=0.013, model_id="m-abc", run_id="r1",
+    )  # fmt: skip
+    report = GateReport(registered=decision.version is not None, decision=decision).as_dict()
+    assert report["registered"] is False and report["version"] is None and report["reason"] == "not more accurate"
+    assert (report["b"], report["c"], report["p_value"], report["champion_version"]) == (12, 2, 0.013, "3")
+    assert {k: v for k, v in report.items() if k != "registered"} == decision.as_dict()
+    assert "mnist-cnn model m-abc (0.9800, not registered) did not replace champion v3" in decision.summary()

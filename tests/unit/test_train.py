@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from pipeline.config import compose, validate
@@ -59,3 +60,56 @@ def test_op_determinism_is_on_for_one_training_only():
             assert not on
         assert patches.op_determinism_enabled()
     assert patches.op_determinism_enabled() == before
+
+
+@pytest.mark.parametrize(
+    ("overrides", "samples", "every", "points"),
+    [
+        ([], 60000, 93, 20),  # the default: 1875 steps, a point every 93
+        (["train.epochs=3"], 60000, 281, 20),  # 5625 steps
+        (["train.steps_per_execution=5", "train.backup_every=500"], 60000, 90, 20),  # a multiple of 5
+        (["train.validation_split=0.2"], 60000, 75, 20),  # 48,000 samples fitted: 1500 steps
+        ([], 640, 1, 20),  # train=debug's 20 steps: every one
+        ([], 600, 1, 19),  # 19 steps, fewer than 20: every step
+        (["train.log_every=7"], 60000, 7, 267),  # an integer is itself
+    ],
+)
+def test_log_every_auto_gives_at_least_20_curve_points(overrides, samples, every, points):
+    from pipeline.model.fit import resolve_log_every
+
+    t = validate(compose(overrides)).train
+    assert resolve_log_every(t, samples) == every
+    steps = t.epochs * -(-int(samples * (1 - t.validation_split)) // t.batch_size)
+    assert steps // every == points and every % t.steps_per_execution == 0
+
+
+# 90 steps: every 4th (22 points) and the last
+@pytest.mark.parametrize(("samples", "expected"), [(25 * 8, 25), (7 * 8, 7), (90 * 8, 23)])
+def test_the_step_curve_of_an_auto_run_has_20_points_or_every_step(tmp_path, samples, expected):
+    """A real fit with log_every: auto: >= 20 curve points (CSV and observers alike) for 20 steps or more,
+    every step for fewer."""
+    import dataclasses
+
+    import keras
+
+    from pipeline.model.fit import resolve_log_every, step_curve
+
+    t = dataclasses.replace(validate(compose()).train, batch_size=8)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(samples, 4)).astype("float32"), rng.integers(0, 3, samples)
+    seen: list[int] = []
+
+    class Steps:
+        def on_step(self, step, metrics):
+            seen.append(step)
+
+        def on_epoch(self, epoch, metrics, seconds):
+            pass
+
+    curve = step_curve()(tmp_path / "steps.csv", resolve_log_every(t, samples), ["accuracy"], [Steps()], False)
+    model.fit(x, y, batch_size=t.batch_size, epochs=1, verbose=0, callbacks=[curve])
+    rows = (tmp_path / "steps.csv").read_text().splitlines()[1:]
+    assert len(rows) == len(seen) == expected and len(seen) >= min(20, samples // 8)
+    assert seen[-1] == samples // 8  # the last step is always a point
