@@ -149,9 +149,13 @@ class DatasetConfig:
         elif self.sha256:
             joined = f"archive:{self.sha256.lower()}"
         else:
-            from pipeline.core.files import tree_digest  # the one look at the disk a config makes
+            # The one look at the disk a config makes: a local folder's files, hashed once per config object
+            # (the cache key, run tags and dataset inputs all ask for it).
+            if "_folder_digest" not in self.__dict__:
+                from pipeline.core.files import tree_digest
 
-            joined = f"folder:{tree_digest(self.source or '')}"
+                self.__dict__["_folder_digest"] = tree_digest(self.source or "")
+            joined = f"folder:{self.__dict__['_folder_digest']}"
         return hashlib.sha256(joined.encode()).hexdigest()
 
 

@@ -213,8 +213,8 @@ def main(fast_exit: bool = False) -> None:
     def job(cfg: Config, timer: Timer) -> None:
         remove(cfg.paths.eval_info, cfg.paths.registry)
         trained = RunRecord.read(cfg.paths.run_info)
-        verify_model_file(cfg.paths.model, trained, cfg.paths.run_info)
-        with forked(evaluate, cfg, trained) as scored:
+        verify_model_file(cfg.paths.model, trained, cfg.paths.run_info)  # before any run opens
+        with forked(evaluate, cfg) as scored:  # checked just above: the child does not hash the file again
             from pipeline import tracking
 
             timer.mark("import mlflow")
