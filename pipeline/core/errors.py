@@ -2,20 +2,27 @@
 
 A :class:`UserError` is a message for a person: :func:`fail` prints ``error: <message>`` (which names the
 file or key and what is wrong, secrets masked) and exits with status 2, without a traceback. Anything else
-is a bug and keeps its traceback, except a tracking server's refusal of a login or a permission, which
-is the user's to fix and is reported the same way. The DVC stages go through :func:`run_cli`; the Hydra app and its sweep
-callback use :func:`user_errors` around their work.
+is a bug and keeps its traceback, except what the machine or a service did, which is the user's to fix and is
+reported the same way: a tracking server's refusal of a login or a permission (:func:`refusal`), a store or
+artifact location that is read-only, damaged, full or locked (:func:`store_fault`), a tracking server that
+stopped answering or answers errors mid-run after MLflow's retries (:func:`server_fault`), and a file the
+file system would not take (:func:`file_fault`: disk full, read-only). The DVC stages go through
+:func:`run_cli`; the Hydra app and its sweep callback use :func:`user_errors` around their work.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import NoReturn
+from urllib.parse import urlsplit
 
 from pipeline.core import redact
 
@@ -95,20 +102,102 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 def store_fault(exc: BaseException) -> str | None:
     """The MLflow store's failure (a SQLite file read-only, damaged, full or locked) as one line naming the store,
-    the likely cause and what to do; None for anything else."""
+    the likely cause and what to do; None for anything else. A file-system error on a file in ``mlruns/`` beside
+    the store names the artifact location instead."""
     texts = " | ".join(str(e) for e in _chain(exc)).lower()
     sqlish = any(type(e).__module__.split(".")[0] in ("sqlite3", "sqlalchemy", "mlflow") for e in _chain(exc))
     store = _store()
-    folder = store[len("sqlite:///") :].rsplit("/", 1)[0] if store and store.startswith("sqlite:///") else None
-    # A file-system error counts when it is about a file beside the store (its lock, its run records, mlruns/).
-    beside = any(
-        isinstance(e, OSError) and folder and str(getattr(e, "filename", "") or "").startswith(folder)
-        for e in _chain(exc)
-    )
+    db = store[len("sqlite:///") :].split("?", 1)[0] if store and store.startswith("sqlite:///") else None
+    artifacts = f"{db.rsplit('/', 1)[0]}/mlruns" if db else None
+    # A file-system error counts when it is about one of the store's files (the database and its journal, its
+    # lock, its run records, mlruns/ beside it): the file it could not write is the destination (filename2) of a
+    # copy, else its one file name.
+    paths = [p for e in _chain(exc) if isinstance(e, OSError) and (p := _written(e))]
+    in_artifacts = any(artifacts and (p == artifacts or p.startswith(artifacts + "/")) for p in paths)
+    beside = in_artifacts or any(db and p.startswith(db) for p in paths)
+    if paths and not beside:
+        return None  # a file elsewhere (a temporary folder, an output): file_fault names it
+    what = f"MLflow artifact location {artifacts}" if in_artifacts else f"MLflow store {store or '(unknown)'}"
     for needles, cause, todo in STORE_FAULTS:
         if any(n in texts for n in needles) and (sqlish or beside):
-            return f"MLflow store {store or '(unknown)'}: {cause} ({_first_line(exc)}): {todo}"
+            return f"{what}: {cause} ({_first_line(exc)}): {todo}"
     return None
+
+
+def _written(exc: OSError) -> str | None:
+    name = exc.filename2 or exc.filename
+    return os.fsdecode(name) if isinstance(name, str | bytes) else None
+
+
+#: What the file system says when it cannot take a write, as the cause to name and what to do.
+FILE_FAULTS = {
+    errno.ENOSPC: ("disk full", "free space there (or point the paths in params.yaml elsewhere), then rerun"),
+    errno.EDQUOT: ("disk full (over quota)", "free space within your quota there, then rerun"),
+    errno.EROFS: ("read-only file system", "make it writable (or point the paths in params.yaml elsewhere)"),
+}
+
+
+def file_fault(exc: BaseException) -> str | None:
+    """A write the file system refused (disk full, over quota, read-only) as one line naming the file and the
+    space left where it lies; None for anything else, or when no file is named (see :func:`naming`)."""
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno in FILE_FAULTS and (path := _written(e)):
+            cause, todo = FILE_FAULTS[e.errno]
+            return f"{path}: {cause} ({e.strerror}{_free_near(path)}): {todo}"
+    return None
+
+
+def _free_near(path: str) -> str:
+    """``; 12.0 KiB free there``: the free space of the file system ``path`` (or its nearest folder) is on."""
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    size = next((f"{free / 2**p:.1f} {unit}" for p, unit in ((30, "GiB"), (20, "MiB")) if free >= 2**p), "")
+    return f"; {size or f'{free / 1024:.1f} KiB'} free there"
+
+
+@contextlib.contextmanager
+def naming(path: Path | str) -> Iterator[None]:
+    """An OSError raised in the block without a file name gets ``path`` as its file: writes through a file object
+    (Keras' model saving, zipfile) say 'No space left on device' and not where."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
+
+
+def server_fault(exc: BaseException) -> str | None:
+    """A tracking server that failed a call after MLflow's own retries (no answer in time, HTTP 5xx, the
+    connection refused mid-run) as one line naming the server, what it did and what to do; None otherwise."""
+    if not type(exc).__module__.startswith("mlflow"):
+        return None
+    text = str(exc)
+    url = re.match(r"API request to (\S+) failed with (?:timeout )?exception", text)
+    if not url:
+        return None
+    parts = urlsplit(url.group(1))
+    server, endpoint = f"{parts.scheme}://{parts.netloc}", parts.path
+    status = re.search(r"too many (\d{3}) error responses", text)
+    tries = 1 + int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") or 7)  # MLflow's default: 7 retries
+    if status:
+        cause = f"answered HTTP {status.group(1)} to {endpoint}, {tries} times"
+    elif re.search(r"timed out|timeout", text, re.I):
+        wait = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or "120"
+        cause = f"did not answer {endpoint} within {wait} s, {tries} times"
+    elif re.search(r"Connection refused|Failed to establish|RemoteDisconnected|Connection aborted", text):
+        cause = f"stopped answering (connection refused or dropped on {endpoint}, {tries} times)"
+    else:
+        cause = f"failed {endpoint} ({text.splitlines()[0][:160]})"
+    return (
+        f"MLflow tracking server {server} {cause}: check it and its log (python -m pipeline.server status), then "
+        "rerun; a run it could not mark FAILED is marked KILLED by the next run"
+    )
 
 
 def _store() -> str | None:
@@ -119,19 +208,22 @@ def _store() -> str | None:
 
 def _first_line(exc: BaseException) -> str:
     inner = next((e for e in _chain(exc) if type(e).__module__.split(".")[0] in ("sqlite3", "builtins")), exc)
+    if isinstance(inner, OSError) and inner.strerror and (path := _written(inner)):
+        return f"{type(inner).__name__}: [Errno {inner.errno}] {inner.strerror}: '{path}'"  # the file not written
     return f"{type(inner).__name__}: {str(inner).splitlines()[0][:160]}" if str(inner) else type(inner).__name__
 
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn a :class:`UserError`, a tracking server's refusal (:func:`refusal`) or a store that cannot work
-    (:func:`store_fault`) raised in the block into :func:`fail`."""
+    """Turn a :class:`UserError`, a tracking server's refusal (:func:`refusal`), a store that cannot work
+    (:func:`store_fault`), a server that stopped working (:func:`server_fault`) or a write the file system
+    refused (:func:`file_fault`) raised in the block into :func:`fail`."""
     try:
         yield
     except UserError as exc:
         fail(str(exc))
     except Exception as exc:
-        message = refusal(exc) or store_fault(exc)
+        message = refusal(exc) or store_fault(exc) or server_fault(exc) or file_fault(exc)
         if message is None:
             raise
         fail(message)

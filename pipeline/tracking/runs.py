@@ -30,11 +30,11 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from pipeline.config import Config, flatten, to_dict
-from pipeline.core.errors import DataError
+from pipeline.core.errors import DataError, server_fault
 from pipeline.core.redact import redact, redact_tree
 from pipeline.tracking.orphans import reap_orphans, record_add, record_remove
 from pipeline.tracking.records import RunRecord
-from pipeline.tracking.store import create_run, retry, setup, tracking_uri
+from pipeline.tracking.store import create_run, one_attempt, retry, setup, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -145,24 +145,26 @@ def start_run(
             status = "KILLED"
             raise
         finally:
-            ended = status is None or _end(client, run_id, status, failing=sys.exc_info()[0] is not None)
+            ended = status is None or _end(client, run_id, status, failing=sys.exc_info()[1])
             if ended:
                 record_remove(uri, run_id)  # only after the run has ended: else the next run reaps it KILLED
 
 
-def _end(client: mlflow.MlflowClient, run_id: str, status: str, failing: bool) -> bool:
-    """End the run ``status``; True when it is ended. While another error unwinds (the store itself failing),
-    a failure to end it is logged, not raised over that error: its owner record stays, and the next run
-    against the store (:func:`pipeline.tracking.orphans.reap_orphans`) marks it KILLED once this process is gone."""
+def _end(client: mlflow.MlflowClient, run_id: str, status: str, failing: BaseException | None) -> bool:
+    """End the run ``status``; True when it is ended. While another error unwinds (``failing``: the store itself
+    failing), a failure to end it is logged, not raised over that error: its owner record stays, and the next run
+    against the store (:func:`pipeline.tracking.orphans.reap_orphans`) marks it KILLED once this process is gone.
+    When that error is a tracking server's that MLflow already retried, ending the run is tried once."""
     try:
-        active = mlflow.active_run()
-        if active is not None and active.info.run_id == run_id:
-            retry(mlflow.end_run, status=status)
-        else:
-            retry(client.set_terminated, run_id, status=status)
+        with one_attempt() if failing is not None and server_fault(failing) else contextlib.nullcontext():
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == run_id:
+                retry(mlflow.end_run, status=status)
+            else:
+                retry(client.set_terminated, run_id, status=status)
         return True
     except Exception as exc:
-        if not failing:
+        if failing is None:
             raise
         log.warning("MLflow run %s could not be marked %s (%s); the next run against the store marks it KILLED",
                     run_id, status, str(exc).splitlines()[0][:200])  # fmt: skip

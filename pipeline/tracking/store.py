@@ -10,6 +10,9 @@ current directory, so queued DVC experiments log to the project's store. A SQLit
 ``tracking.uri`` takes all three elsewhere. A server's run records live in the per-user cache. SQLite's
 ``database is locked`` is retried with backoff, and a retried call that creates something (a run, a logged
 model) first looks for what the failed attempt may have created.
+
+A tracking server's calls are retried by MLflow itself (HTTP 408, 429, 5xx, no answer, the connection refused),
+within the bounds :data:`HTTP_BOUNDS` sets unless the environment already does (:func:`bound_http`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -41,6 +44,11 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 SERVER_SCHEMES = ("http", "https", "databricks")
 #: Tag of a run or logged model naming the attempt that created it, so a retry can find it.
 ATTEMPT_TAG = "pipeline.attempt"
+#: A tracking server's calls, unless the environment sets these: MLflow's own defaults (120 s for each answer,
+#: 7 retries with backoff up to 120 s) keep a stage waiting about 20 minutes a call on a server that hangs.
+#: These wait 30 s for each answer and retry 4 times (backoff about 0, 4, 8 and 16 s): a server that hangs is
+#: reported after about 3 minutes, one that fails for less than about 28 s (a restart) is survived.
+HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4"}
 
 
 def project_root() -> Path:
@@ -133,10 +141,33 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
         ) from None
 
 
+def bound_http(uri: str) -> None:
+    """A tracking server's calls wait and retry within :data:`HTTP_BOUNDS`, where the environment does not say."""
+    if is_server(uri):
+        for name, value in HTTP_BOUNDS.items():
+            os.environ.setdefault(name, value)
+
+
+@contextlib.contextmanager
+def one_attempt() -> Iterator[None]:
+    """MLflow's HTTP calls in the block are tried once: while a server's failure unwinds, ending the run must
+    not wait through all the retries again."""
+    before = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = before
+
+
 def setup(tracking: TrackingConfig) -> str:
     """Point MLflow at the store and return the experiment id, creating the experiment if needed."""
     uri = tracking_uri(tracking)
     check_reachable(uri)
+    bound_http(uri)
     mlflow.set_tracking_uri(uri)
     # First use of a SQLite store creates its tables; two processes doing that at once fail
     # ('duplicate column name'), so first contact is serialised across processes.

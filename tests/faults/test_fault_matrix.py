@@ -47,6 +47,7 @@ def one_clear_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
     assert len(errors) == 1, proc.stderr[-3000:]
     for needle in needles:
         assert needle in errors[0], errors[0]
+    print(errors[0])  # the line the docs quote (pytest -rP shows it)
     return errors[0]
 
 
@@ -107,6 +108,68 @@ def test_a_damaged_store_is_one_line_naming_the_store(make_cfg, tmp_path):
     write_params(cfg, tmp_path)
     proc = stage("train", tmp_path)
     one_clear_line(proc, f"MLflow store sqlite:///{store}/mlflow.db: damaged", "move it aside")
+
+
+def the_runs(cfg) -> list:
+    """The runs of the config's store and experiment, newest first."""
+    client = mlflow.MlflowClient(tracking.tracking_uri(cfg.tracking))
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"]) if exp else []
+
+
+def assert_failed_keeping_the_curve(cfg) -> None:
+    """The stage's run (the newest) is FAILED, and what it logged before the fault is still there."""
+    run = the_runs(cfg)[0]
+    assert run.info.status == "FAILED", run.info.status
+    assert "batch_loss" in run.data.metrics and run.data.params, run.data
+    assert not Path(cfg.paths.run_info).exists()
+
+
+def test_a_read_only_artifact_location_is_one_line_naming_it_and_the_run_failed(make_cfg, tmp_path):
+    """``mlruns/`` beside a writable SQLite store, on a real read-only bind mount: the run opens and trains, and
+    the first artifact it logs fails."""
+    store = tmp_path / "store"
+    artifacts = store / "mlruns"
+    artifacts.mkdir(parents=True)
+    cfg = store_cfg(make_cfg, store, "train.subset=256")
+    with tracking.start_run(cfg):  # the experiment exists, its artifact location mlruns/
+        pass
+    write_params(cfg, tmp_path)
+    with mounted(["mount", "--bind", str(artifacts), str(artifacts)],
+                 ["mount", "-o", "remount,bind,ro", str(artifacts)], target=artifacts):  # fmt: skip
+        proc = stage("train", tmp_path)
+    one_clear_line(proc, f"MLflow artifact location {artifacts}: read-only", "make it writable")
+    assert_failed_keeping_the_curve(cfg)
+
+
+def test_a_full_artifact_location_is_one_line_naming_it_and_the_run_failed(make_cfg, tmp_path):
+    """``mlruns/`` on a real 1 MiB tmpfs: the reports fit, the model (megabytes) does not."""
+    store = tmp_path / "store"
+    artifacts = store / "mlruns"
+    artifacts.mkdir(parents=True)
+    cfg = store_cfg(make_cfg, store, "train.subset=256")
+    write_params(cfg, tmp_path)
+    with mounted(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(artifacts)], target=artifacts):
+        proc = stage("train", tmp_path)
+        logged = sorted(p.name for p in artifacts.rglob("*") if p.is_file())
+    one_clear_line(proc, f"MLflow artifact location {artifacts}: full", "No space left on device", "free disk space")
+    assert any(name.endswith("steps.csv") or name.endswith("steps.json") for name in logged), logged
+    assert_failed_keeping_the_curve(cfg)
+
+
+def test_a_disk_filling_while_the_model_is_saved_is_one_line_naming_it_and_the_run_failed(make_cfg, tmp_path):
+    """The outputs' folder on a real 1 MiB tmpfs: the training curve fits, the model (megabytes) does not. No
+    half-written file is left, at the model's path or beside it."""
+    cfg = make_cfg("train.subset=256")
+    out = Path(cfg.paths.model).parent
+    out.mkdir(parents=True)
+    write_params(cfg, tmp_path)
+    with mounted(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(out)], target=out):
+        proc = stage("train", tmp_path)
+        left = sorted(p.name for p in out.iterdir())
+    one_clear_line(proc, f"{cfg.paths.model}: disk full (No space left on device; ", " free there)", "free space")
+    assert Path(cfg.paths.model).name not in left and not [n for n in left if ".tmp" in n], left
+    assert_failed_keeping_the_curve(cfg)
 
 
 @pytest.fixture
