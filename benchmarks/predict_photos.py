@@ -3,7 +3,7 @@
 Consumes: the champion model (``models:/<registry.name>@champion`` from the store in params.yaml) and the
 processed test split (``paths.processed_dir``). Produces: the accuracy of the champion on the first
 ``--images`` test images, as given (the model's own input) and after each transformation below has been
-applied to the image and undone by :func:`pipeline.predict.imageprep.to_mnist`, printed and written as JSON to
+applied to the image and undone by :func:`pipeline.data.imageprep.to_mnist`, printed and written as JSON to
 ``benchmarks/results/predict-photos-<time>.json``:
 
 - ``clean``: the 28x28 image as a PNG file, white on black;
@@ -71,7 +71,7 @@ def main() -> None:
     from pipeline import tracking
     from pipeline.config import load_params
     from pipeline.data.formats import load_split
-    from pipeline.predict.imageprep import to_mnist
+    from pipeline.data.imageprep import to_mnist
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=1000)

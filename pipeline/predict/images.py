@@ -10,8 +10,9 @@ runner-up::
     digit.jpg: 7 (p=0.998); runner-up 1 (p=0.001)
 
 Each image is prepared as the dataset says (``dataset.prepare``): a digit through
-:func:`pipeline.predict.imageprep.to_mnist`, as MNIST was made; any other image resized and scaled by the code
-the preprocess stage uses (:func:`pipeline.data.pixels.to_pixels`). A file that is not an image (or one Pillow
+:func:`pipeline.data.imageprep.to_mnist`, as MNIST was made; any other image resized and scaled by the code
+the preprocess stage uses (:func:`pipeline.data.pixels.to_pixels`): :func:`pipeline.data.imageprep.prepare_image`,
+which the served model runs too (docs/serving.md). A file that is not an image (or one Pillow
 refuses, decompression bombs included), or a missing model, is reported on one line with exit status 2.
 
 Run: ``python -m pipeline.predict photo.jpg scan.png`` or ``make predict IMAGES="photo.jpg scan.png"``.
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import Config, DatasetConfig, compose, load_params, validate
-from pipeline.config.schema import Preparation
 from pipeline.core.errors import DataError
-from pipeline.data.pixels import scaled, to_pixels
-from pipeline.predict.imageprep import to_mnist
+from pipeline.data.imageprep import ImageSpec, prepare_image
 
 log = logging.getLogger(__name__)
 
@@ -52,21 +50,11 @@ class Prediction:
 def read_image(path: Path | str, dataset: DatasetConfig | None = None) -> np.ndarray:
     """The image at ``path``, prepared for the model as ``dataset.prepare`` says (default: a digit, as MNIST was
     made); a file that is not an image, or one Pillow refuses (a decompression bomb), names itself."""
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, not just warned about
-            with Image.open(path) as image:
-                image.load()
-                if dataset is None or dataset.prepare is Preparation.digit:
-                    return to_mnist(image, name=str(path))
-                return scaled(to_pixels(image, dataset.image_size, dataset.channels))
+        return prepare_image(path, ImageSpec.of(dataset), name=str(path))
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"{path}: not an image Pillow can read ({type(exc).__name__})") from None
 
 
 def load_classifier(

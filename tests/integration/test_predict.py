@@ -14,10 +14,9 @@ from pipeline import tracking
 from pipeline.config import to_dict
 from pipeline.core.errors import run_cli
 from pipeline.data.formats import load_split
+from pipeline.data.imageprep import to_mnist
 from pipeline.model.fit import fit
-from pipeline.predict.imageprep import to_mnist
 from pipeline.predict.images import main
-from pipeline.server.manage import free_port
 from pipeline.stages.evaluate import evaluate, gate, log_evaluation
 from pipeline.stages.train import log_training
 
@@ -39,7 +38,12 @@ def photo_like(digit: np.ndarray, seed: int) -> Image.Image:
 @pytest.fixture
 def champion(make_cfg, tmp_path):
     """A model trained on the small subset, evaluated and made champion in a tmp store; params.yaml for it."""
-    cfg = make_cfg("train.subset=1500", "train.epochs=2")
+    return make_champion(make_cfg("train.subset=1500", "train.epochs=2"), tmp_path)
+
+
+def make_champion(cfg, tmp_path):
+    """Train ``cfg``'s model, evaluate it and gate it (the champion of its empty store); write params.yaml for it
+    in ``tmp_path``, which then stands for the project (``python -m pipeline.tracking serve`` reads it)."""
     with tracking.start_run(cfg) as run:
         model_id = log_training(cfg, fit(cfg))
         result = evaluate(cfg)
@@ -82,63 +86,3 @@ def test_a_file_that_is_not_an_image_is_refused_without_a_traceback(tmp_path, ca
         run_cli(lambda: main([str(tmp_path / "notes.txt"), "--model", str(tmp_path / "none.keras")]))
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "notes.txt: not an image Pillow can read" in err and "Traceback" not in err
-
-
-def wait_for(url: str, proc, timeout: float = 180) -> None:
-    """Until ``url`` answers 200 (polling a server that is starting, not racing it)."""
-    import time
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while True:
-        assert proc.poll() is None, f"the server exited with {proc.returncode}"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, f"{url} did not answer in {timeout} s"
-        time.sleep(0.5)
-
-
-def invoke(port: int, x: np.ndarray) -> np.ndarray:
-    """What `mlflow models serve` on ``port`` answers for the images ``x`` (its JSON ``inputs`` format)."""
-    import json
-    import urllib.request
-
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/invocations",
-        data=json.dumps({"inputs": x.tolist()}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return np.asarray(json.loads(response.read())["predictions"])
-
-
-@pytest.mark.slow
-def test_mlflow_serves_the_champion_and_answers_like_the_model(champion, tmp_path):
-    """`make serve`'s command: `mlflow models serve -m models:/<name>@champion --env-manager local`."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import keras
-
-    port = free_port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    command = [sys.executable, "-m", "pipeline.tracking", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    server = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        (tmp_path / "dvc.yaml").write_text("stages: {}\n")  # tmp_path is the project: its params.yaml names the store
-        wait_for(f"http://127.0.0.1:{port}/ping", server)
-        x, _ = load_split(champion.paths.processed_dir, "test")
-        served = invoke(port, x[:5])
-        expected = keras.models.load_model(champion.paths.model).predict(x[:5], verbose=0)
-        assert served.shape == (5, 10) and np.allclose(served, expected, atol=1e-5)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)

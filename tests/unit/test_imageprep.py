@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from pipeline.core.errors import DataError
-from pipeline.predict.imageprep import to_mnist
+from pipeline.data.imageprep import to_mnist
 
 
 def drawn_seven(
