@@ -5,14 +5,16 @@ Consumes: a project folder (its ``params.yaml`` names the store) holding runs, b
 reports of a ``dvc repro``. Produces, in ``--out`` (default ``docs/``): ``ui-runs.png`` (the experiment's
 runs in the model-training view), ``ui-sweep-compare.png`` (the newest sweep's children compared),
 ``ui-run.png`` (one run's page) and ``ui-run-metrics.png`` (its metric charts, the training curve among
-them), ``confusion-matrix.png`` (the champion's evaluation artifact) and ``dvc-plots.png`` (``dvc plots
+them), ``ui-model-card.png`` (the champion's registry version, its model card as the description),
+``confusion-matrix.png`` (the champion's evaluation artifact) and ``dvc-plots.png`` (``dvc plots
 show``'s page, rendered offline).
 
 It starts ``python -m pipeline.tracking ui`` (what ``make ui`` runs) on a free port of 127.0.0.1, finds the
 runs through the UI's REST API, lets Chromium render each page (the UI is a JavaScript application), and
 stops the server.
 
-Run: ``python tools/ui_screenshots.py [--project .] [--out docs]``.
+Run: ``python tools/ui_screenshots.py [--project .] [--out docs] [--only NAME ...]`` (``--only ui-model-card``:
+that picture alone).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -74,6 +77,20 @@ def screenshot(url: str, out: Path, size: str = "1440,900") -> None:
     print(f"wrote {out}")
 
 
+#: Window sizes other than the default: the model card is a long page.
+SIZES = {"ui-model-card": "1440,2300"}
+
+
+def champion(base: str) -> tuple[str, dict] | None:
+    """(registered model name, its champion version as the REST API gives it), or None when there is none."""
+    for model in api(base, "registered-models/search?max_results=100")["registered_models"]:
+        aliases = {a["alias"]: a["version"] for a in model.get("aliases", [])}
+        if "champion" in aliases:
+            version = api(base, f"model-versions/get?name={model['name']}&version={aliases['champion']}")
+            return model["name"], version["model_version"]
+    return None
+
+
 def pages(base: str) -> dict[str, str]:
     """The pages to capture: name -> URL (the UI's hash routes)."""
     experiment = api(base, "experiments/get-by-name?experiment_name=mnist-cnn")["experiment"]["experiment_id"]
@@ -97,6 +114,9 @@ def pages(base: str) -> dict[str, str]:
         run = max(finished, key=lambda r: r["info"]["start_time"])["info"]["run_id"]
         out["ui-run"] = f"{base}/#/experiments/{experiment}/runs/{run}{view}"
         out["ui-run-metrics"] = f"{base}/#/experiments/{experiment}/runs/{run}/model-metrics{view}"
+    if found := champion(base):
+        name, version = found
+        out["ui-model-card"] = f"{base}/#/models/{urllib.parse.quote(name)}/versions/{version['version']}"
     return out
 
 
@@ -106,7 +126,9 @@ def main() -> None:
         "--project", type=Path, default=Path("."), help="the project folder (its params.yaml names the store)"
     )
     parser.add_argument("--out", type=Path, default=Path("docs"), help="where the PNG files go")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="only these pictures (names without .png)")
     args = parser.parse_args()
+    wanted = (lambda name: name in args.only) if args.only else (lambda name: True)
     port = free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     server = subprocess.Popen(
@@ -118,11 +140,15 @@ def main() -> None:
         wait_for(f"{base}/health", server)
         args.out.mkdir(parents=True, exist_ok=True)
         for name, url in pages(base).items():
-            screenshot(url, args.out / f"{name}.png")
-        confusion_matrix(base, args.out / "confusion-matrix.png")
+            if wanted(name):
+                screenshot(url, args.out / f"{name}.png", size=SIZES.get(name, "1440,900"))
+        if wanted("confusion-matrix"):
+            confusion_matrix(base, args.out / "confusion-matrix.png")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
+    if not wanted("dvc-plots"):
+        return
     with tempfile.TemporaryDirectory() as plots:
         subprocess.run(
             ["dvc", "plots", "show", "-o", plots], cwd=args.project, env=env, check=True, capture_output=True
@@ -132,19 +158,12 @@ def main() -> None:
 
 def confusion_matrix(base: str, out: Path) -> None:
     """The champion's confusion matrix, as its evaluation logged it (``plots/confusion_matrix.png``)."""
-    models = api(base, "registered-models/search?max_results=100")["registered_models"]
-    for model in models:
-        aliases = {a["alias"]: a["version"] for a in model.get("aliases", [])}
-        if "champion" in aliases:
-            version = api(base, f"model-versions/get?name={model['name']}&version={aliases['champion']}")[
-                "model_version"
-            ]
-            run_id = {t["key"]: t["value"] for t in version.get("tags", [])}["registry.eval_run_id"]
-            url = f"{base}/get-artifact?path=plots/confusion_matrix.png&run_uuid={run_id}"
-            with urllib.request.urlopen(url, timeout=30) as response:
-                out.write_bytes(response.read())
-            print(f"wrote {out}")
-            return
+    if found := champion(base):
+        run_id = {t["key"]: t["value"] for t in found[1].get("tags", [])}["registry.eval_run_id"]
+        url = f"{base}/get-artifact?path=plots/confusion_matrix.png&run_uuid={run_id}"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            out.write_bytes(response.read())
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -149,7 +149,9 @@ def confusion_figure(cm: np.ndarray, title: str, classes: list[str] | None = Non
 def run(cfg: Config, result: EvalResult, model_id: str | None, run_id: str) -> Evaluated:
     """Log an evaluation into the active run and gate its model: the one of the DVC stage and the Hydra app."""
     log_evaluation(cfg, result, model_id)
-    return Evaluated(result, gate(cfg, result, model_id, run_id))
+    report = gate(cfg, result, model_id, run_id)
+    export_champion(cfg, report, run_id)
+    return Evaluated(result, report)
 
 
 def log_evaluation(cfg: Config, result: EvalResult, model_id: str | None) -> None:
@@ -192,6 +194,7 @@ def gate(cfg: Config, result: EvalResult, model_id: str | None, run_id: str) -> 
         why = "registry.enabled is false" if not cfg.registry.enabled else "no model was logged (tracking.log_model)"
         report = GateReport(registered=False, reason=why)
     else:
+        from pipeline.tracking.card import facts
         from pipeline.tracking.registry import gate as registry_gate
 
         def predict(model_uri: str) -> np.ndarray:  # another model on this test set (a champion scored elsewhere)
@@ -201,12 +204,53 @@ def gate(cfg: Config, result: EvalResult, model_id: str | None, run_id: str) -> 
             x, _ = load_split(cfg.paths.processed_dir, "test", cfg.dataset.num_classes)
             return forward(load_keras_model(model_uri), x).argmax(axis=1)
 
+        card = facts(cfg, result.metrics, result.per_class_accuracy, len(result.labels))  # the version's model card
         decision = registry_gate(
-            cfg.registry, model_id, run_id, result.predictions, result.labels, result.digest, predict
+            cfg.registry, model_id, run_id, result.predictions, result.labels, result.digest, predict, card=card
         )
         report = GateReport(registered=decision.version is not None, decision=decision)
     write_json(cfg.paths.registry, report.as_dict())
     return report
+
+
+def export_champion(cfg: Config, report: GateReport, run_id: str) -> dict[str, str]:
+    """The champion, as the files ``registry.export`` names (:mod:`pipeline.model.export`), logged
+    into the evaluation run and tagged on its version (:mod:`pipeline.tracking.exports`); return the tags.
+    Nothing for a model that is not the champion, or whose version has them all. In the DVC stage the scoring child has ended: TensorFlow is
+    imported here, after the fork, and only for a promotion."""
+    decision = report.decision
+    if decision is None or decision.version is None or not cfg.registry.export:
+        return {}
+    # The champion: promoted now, or re-gated as the holder (a rerun after an export failed, which must not leave
+    # the champion without its files): only the formats its version lacks.
+    if not (decision.promoted or decision.reason == "already the champion"):
+        return {}
+    import tempfile
+    import time
+
+    from pipeline import tracking
+    from pipeline.model.export import ONNX_PACKAGES, export, onnx_available
+    from pipeline.model.score import load_model
+
+    have = tracking.exported_formats(decision.model, decision.version)
+    formats = [f for f in cfg.registry.export if f not in have]
+    if not formats:
+        return {}
+    if "onnx" in formats and not onnx_available():
+        log.warning("export: no ONNX file (needs %s: pip install -e '.[export]')", ", ".join(ONNX_PACKAGES))
+        formats.remove("onnx")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        files = export(load_model(cfg.paths.model), folder, formats)
+        tags = tracking.log_exports(files, run_id, decision.model, decision.version)
+    log.info(
+        "export: %s v%s as %s in %.1f s",
+        decision.model,
+        decision.version,
+        ", ".join(files),
+        time.perf_counter() - start,
+    )
+    return tags
 
 
 def main(fast_exit: bool = False) -> None:

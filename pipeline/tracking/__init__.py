@@ -6,7 +6,9 @@
 - :mod:`~pipeline.tracking.orphans`: who owns a run in progress; a dead owner's run is marked KILLED;
 - :mod:`~pipeline.tracking.results`: metrics, datasets, figures and files for the active run;
 - :mod:`~pipeline.tracking.models`: logging the trained model and loading a model by URI;
-- :mod:`~pipeline.tracking.gate` (pure) and :mod:`~pipeline.tracking.registry`: the champion gate;
+- :mod:`~pipeline.tracking.gate` (pure) and :mod:`~pipeline.tracking.registry`: the champion gate, safe across
+  machines; :mod:`~pipeline.tracking.card` (pure): a registered version's model card;
+- :mod:`~pipeline.tracking.exports`: a champion's exported files (TF-Lite, ONNX) logged with its version;
 - :mod:`~pipeline.tracking.sweeps`: a sweep's parent run and its table of results;
 - :mod:`~pipeline.tracking.cli`: ``python -m pipeline.tracking uri|champion|ui|serve``.
 
@@ -21,6 +23,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pipeline.tracking.exports import exported_formats, log_exports
     from pipeline.tracking.models import MODEL_NAME, load_keras_model, log_model
     from pipeline.tracking.orphans import reap_orphans, record_add, record_remove
     from pipeline.tracking.records import RunRecord, verify_model_file
@@ -47,6 +50,8 @@ if TYPE_CHECKING:
 
 #: name -> the submodule that defines it.
 _WHERE = {
+    "log_exports": "exports",
+    "exported_formats": "exports",
     "MODEL_NAME": "models",
     "load_keras_model": "models",
     "log_model": "models",
@@ -86,11 +91,13 @@ __all__ = [
     "artifact_location",
     "config_params",
     "evaluation_run",
+    "exported_formats",
     "is_server",
     "load_keras_model",
     "log_artifact",
     "log_dataset",
     "log_dict",
+    "log_exports",
     "log_figure",
     "log_metrics",
     "log_model",

@@ -16,6 +16,7 @@ A deterministic rerun (identical predictions: b = c = 0, p = 1) never displaces 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -50,6 +51,7 @@ class Decision:
     model_id: str | None = None  # the LoggedModel evaluated
     run_id: str | None = None  # the evaluation's run, which holds this decision (registry/decision.json)
     test_digest: str | None = None  # the test set both models were compared on (test_digest)
+    settled: str = ""  # how a conflict with gates promoting at the same moment was settled; "" when none
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,12 +63,14 @@ class Decision:
             else f"{self.model} model {self.model_id} ({self.accuracy:.4f}, not registered)"
         )
         if self.champion_version is None:
-            return f"{shown} is the first champion"
-        verb = "promoted over" if self.promoted else "did not replace"
-        return (
-            f"{shown} {verb} champion v{self.champion_version} "
-            f"({self.champion_accuracy:.4f}): b={self.b} c={self.c} McNemar p={self.p_value:.3g}; {self.reason}"
-        )
+            text = f"{shown} is the first champion" if self.promoted else f"{shown}: no champion before; {self.reason}"
+        else:
+            verb = "promoted over" if self.promoted else "did not replace"
+            text = (
+                f"{shown} {verb} champion v{self.champion_version} "
+                f"({self.champion_accuracy:.4f}): b={self.b} c={self.c} McNemar p={self.p_value:.3g}; {self.reason}"
+            )
+        return text + (f"; {self.settled}" if self.settled else "")
 
 
 def mcnemar(champion_correct: np.ndarray, challenger_correct: np.ndarray) -> tuple[int, int, float]:
@@ -95,6 +99,48 @@ def decide(challenger_correct: np.ndarray, champion_correct: np.ndarray | None, 
         return Verdict(False, f"more accurate, but not significantly (p >= {cfg.alpha})", b, c, p)
     why = "more accurate" + (f", significantly (p < {cfg.alpha})" if cfg.require_significance else "")
     return Verdict(True, why, b, c, p)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One candidate's turn in :func:`replay`: the holder it met and the rule's verdict."""
+
+    version: str
+    holder: str | None
+    verdict: Verdict
+
+
+def replay(
+    base: str | None, candidates: Sequence[str], correct: Callable[[str], np.ndarray], cfg: RegistryConfig
+) -> tuple[str | None, list[Turn]]:
+    """Where one-at-a-time gating would leave the alias: from ``base`` (the holder, None: none yet), each of
+    ``candidates`` in order meets the holder of its turn under :func:`decide`. ``correct(version)`` is a
+    version's per-image correctness on the shared test set. Deterministic: every gate that replays the same
+    candidates from the same base reaches the same holder."""
+    holder, turns = base, []
+    for version in candidates:
+        verdict = decide(correct(version), None if holder is None else correct(holder), cfg)
+        turns.append(Turn(version, holder, verdict))
+        if verdict.promote:
+            holder = version
+    return holder, turns
+
+
+def settled(own: str, winner: str | None, turns: list[Turn]) -> str:
+    """The conflict's outcome for ``own``, in words ("" when no other candidate took part)."""
+    others = [t.version for t in turns if t.version != own]
+    if not others:
+        return ""
+    head = f"settled with {', '.join(f'v{v}' for v in others)} (promoted at the same time), replayed in version order"
+    if winner == own:
+        return f"{head}: v{own} keeps the alias"
+    mine = next(t for t in turns if t.version == own)
+    if not mine.verdict.promote:
+        return (
+            f"{head}: v{own} does not beat v{mine.holder} (b={mine.verdict.b} c={mine.verdict.c} "
+            f"p={mine.verdict.p_value:.3g}); v{winner} holds the alias"
+        )
+    return f"{head}: v{winner}, replayed after v{own}, holds the alias"
 
 
 def test_digest(x: np.ndarray, y: np.ndarray) -> str:

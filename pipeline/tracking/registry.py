@@ -20,10 +20,17 @@ first model becomes champion. A deterministic rerun (identical predictions: b = 
 displaces the champion.
 
 The champion's predictions come from its evaluation's artifact (``eval/predictions.npz``) when it was scored
-on the same test set (same digest), else from predicting the test set with the champion model. The decision
-is made under a lock per registered model (beside a SQLite store; in the per-user cache for a server), so
-concurrent evaluations (``dvc queue start -j 2``, joblib sweeps) end with the alias on the best model
-whatever the interleaving.
+on the same test set (same digest), else from predicting the test set with the champion model.
+
+Concurrent gates. On one machine the decision is made under a file lock per registered model (beside a SQLite
+store; in the per-user cache for a server), so ``dvc queue start -j 2`` and joblib sweeps gate one at a time.
+Gates on different machines share no lock: after registering, a promoted model's gate settles (:func:`settle`):
+it replays the versions registered since the champion it decided against, in version order, with the same
+McNemar test, moves the alias to the replay's holder, and repeats until no version appeared meanwhile. The
+alias ends where gating those models one at a time, in version order, would have put it: on the clearly
+better of two models promoted at the same moment, whichever registered first. Meanwhile it may rest for a
+moment on the other one. A registered version carries its model card (:mod:`pipeline.tracking.card`) as its
+description; the evaluation's run holds it as ``model_card.md``.
 """
 
 from __future__ import annotations
@@ -41,7 +48,10 @@ import numpy as np
 
 from pipeline.config import RegistryConfig
 from pipeline.core.files import exclusive_lock
-from pipeline.tracking.gate import Decision, decide
+from pipeline.tracking.card import ARTIFACT as CARD_ARTIFACT
+from pipeline.tracking.card import CardFacts
+from pipeline.tracking.card import render as render_card
+from pipeline.tracking.gate import Decision, Turn, decide, replay, settled
 
 log = logging.getLogger(__name__)
 PREDICTIONS_ARTIFACT = "eval/predictions.npz"
@@ -79,22 +89,35 @@ def version_of(client: Any, name: str, model_id: str) -> Any | None:
     return None
 
 
+#: The training run's tags a registered version carries too (pipeline/tracking/runs.py, pipeline/stages/train.py).
+LINEAGE_TAGS = ("dvc_exp_name", "git_commit", "dvc_model_md5")
+
+
 def register(client: Any, name: str, model_id: str, tags: dict[str, str]) -> Any:
     """A new version of ``name`` for the logged model ``model_id`` (the registered model created first when
     there is none), tagged ``tags``; the logged model lists it (``mlflow.modelVersions``), as the UI shows.
 
     MlflowClient's own calls, not ``mlflow.register_model``: that prints a notice per step ("Registered model
     ... already exists", "Created version ...")."""
+    from mlflow.exceptions import MlflowException
     from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
     from pipeline.tracking import store as tracking
 
     if registered_model(client, name) is None:
-        tracking.retry(client.create_registered_model, name, recover=lambda: registered_model(client, name))
+        try:
+            tracking.retry(client.create_registered_model, name, recover=lambda: registered_model(client, name))
+        except MlflowException as exc:  # another machine's gate created it a moment ago
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
     logged = tracking.retry(client.get_logged_model, model_id)
+    trained = tracking.retry(client.get_run, logged.source_run_id).data.tags
+    # Links back to DVC and git: the experiment, the commit, and the model's hash as dvc.lock records it.
+    tags = {**{k: trained[k] for k in LINEAGE_TAGS if k in trained}, **tags}
     version = tracking.retry(
         client.create_model_version, name, source=f"models:/{model_id}", run_id=logged.source_run_id, tags=tags,
         model_id=model_id, recover=lambda: version_of(client, name, model_id),
+        await_creation_for=0,  # MLflow's stores create it READY; waiting only prints "Waiting up to 300 seconds"
     )  # fmt: skip
     listed = json.loads(logged.tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
     listed.append({"name": name, "version": str(version.version)})
@@ -114,6 +137,17 @@ def champion_predictions(
     return predict(f"models:/{cfg.name}/{champion.version}")
 
 
+def checkpoint(step: str) -> None:
+    """Called with each step's name as a gate passes it ("start", "decided", "registered", then "listed" and
+    "moved" once per round of the settle); a no-op. tests/integration/test_gate_race.py replaces it (the
+    module's attribute) in two processes to force the interleavings of two gates."""
+
+
+#: Rounds of the settle before it gives up re-checking: each round after the first needs a version registered by
+#: another gate between two of its reads.
+SETTLE_ROUNDS = 20
+
+
 def gate(
     cfg: RegistryConfig,
     model_id: str,
@@ -122,12 +156,15 @@ def gate(
     labels: np.ndarray,
     digest: str,
     predict: Callable[[str], np.ndarray],
+    card: CardFacts | None = None,
 ) -> Decision:
     """Decide whether the evaluated model beats the champion; register it and move the alias only if it does.
 
     ``predict(model_uri)`` gives another registered model's predicted classes on this test set (needed only
     when the champion was scored on another one). The active tracking URI is the store's. The run gets three
-    tags (:data:`RUN_TAGS`) and the whole decision as its artifact :data:`DECISION_ARTIFACT`.
+    tags (:data:`RUN_TAGS`) and the whole decision as its artifact :data:`DECISION_ARTIFACT`; with ``card``
+    (the evaluation's facts, :func:`pipeline.tracking.card.facts`) the run also gets the model card
+    (``model_card.md``), and a version registered now gets it as its description.
     """
     import mlflow
     from mlflow.entities import RunTag
@@ -137,6 +174,9 @@ def gate(
     client = mlflow.MlflowClient()
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     correct = predictions == labels
+    accuracy = float(np.mean(correct))
+    settled_how = ""
+    checkpoint("start")
     with _registry_lock(mlflow.get_tracking_uri(), cfg.name):
         exists = registered_model(client, cfg.name) is not None
         champion = _champion(client, cfg) if exists else None
@@ -151,7 +191,8 @@ def gate(
         verdict = decide(correct, champion_correct, cfg)
         if itself:
             verdict = dataclasses.replace(verdict, promote=False, reason="already the champion")
-        accuracy = float(np.mean(correct))
+        checkpoint("decided")
+        promoted = verdict.promote
         # What a later gate reads back (champion_predictions), and what a person reads in the registry's UI.
         version_tags = {
             TAG_PREFIX + "eval_run_id": run_id,
@@ -165,9 +206,15 @@ def gate(
             else:  # a displaced version back on top (on another test set): tagged by this evaluation
                 for key, value in version_tags.items():
                     tracking.retry(client.set_model_version_tag, cfg.name, str(own.version), key, value)
-            tracking.retry(client.set_registered_model_alias, cfg.name, cfg.alias, str(own.version))
+            checkpoint("registered")
+            known = {str(own.version): correct}
+            if champion is not None and champion_correct is not None:
+                known[str(champion.version)] = champion_correct
+            winner, turns = settle(client, cfg, champion, own, known, labels, digest, predict)
+            settled_how = settled(str(own.version), winner, turns)
+            promoted = winner == str(own.version)
     decision = Decision(
-        promoted=verdict.promote,
+        promoted=promoted,
         reason=verdict.reason,
         model=cfg.name,
         version=None if own is None else str(own.version),
@@ -182,12 +229,111 @@ def gate(
         model_id=model_id,
         run_id=run_id,
         test_digest=digest,
+        settled=settled_how,
     )
     tags = dict(zip(RUN_TAGS, (str(decision.promoted), decision.version or "none", decision.reason), strict=True))
     tracking.retry(client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     tracking.retry(client.log_dict, run_id, decision.as_dict(), DECISION_ARTIFACT)
+    if card is not None:
+        attach_card(client, card, decision, registered_now=verdict.promote)
     log.info("registry: %s", decision.summary())
     return decision
+
+
+def settle(
+    client: Any,
+    cfg: RegistryConfig,
+    base: Any | None,
+    own: Any,
+    known: dict[str, np.ndarray],
+    labels: np.ndarray,
+    digest: str,
+    predict: Callable[[str], np.ndarray],
+) -> tuple[str | None, list[Turn]]:
+    """Move the alias to where one-at-a-time gating would put it, whatever other machines' gates do meanwhile.
+
+    Each round reads the versions registered since ``base`` (the champion this gate decided against; every
+    version when there was none), ``own`` among them, replays them in version order from ``base`` with the
+    gate's own test (:func:`pipeline.tracking.gate.replay`: McNemar on this test set), moves the alias to the
+    replay's holder and reads the versions again; it stops when no version appeared in between. Why that is
+    safe without a lock: the last gate to move the alias read the versions after that move and found none
+    new, so every version registered before then was in its replay, and a gate registering later would move
+    the alias again after it. ``known`` holds versions' correctness already at hand (own, base); the others
+    come from their evaluations' predictions (:func:`champion_predictions`)."""
+    from pipeline.tracking import store as tracking
+
+    base_version = None if base is None else str(base.version)
+    seen: list[str] | None = None
+    winner: str | None = str(own.version)
+    turns: list[Turn] = []
+    versions: dict[str, Any] = {}
+
+    def correct(version: str) -> np.ndarray:
+        if version not in known:
+            known[version] = champion_predictions(client, cfg, versions[version], digest, predict) == labels
+        return known[version]
+
+    for _ in range(SETTLE_ROUNDS):
+        window = _since(client, cfg.name, base_version, own)
+        order = list(window)
+        if order == seen:
+            return winner, turns
+        versions.update(window)
+        winner, turns = replay(base_version, [v for v in order if v != base_version], correct, cfg)
+        checkpoint("listed")
+        if winner is not None:
+            tracking.retry(client.set_registered_model_alias, cfg.name, cfg.alias, winner)
+        checkpoint("moved")
+        seen = order
+    log.warning("registry: versions kept appearing for %d rounds; the alias is on v%s", SETTLE_ROUNDS, winner)
+    return winner, turns
+
+
+def _since(client: Any, name: str, base: str | None, own: Any) -> dict[str, Any]:
+    """The versions to replay, in order: ``base``, those registered after it, then ``own`` if it is older (a
+    displaced version put back on top)."""
+    from pipeline.tracking import store as tracking
+
+    floor = 0 if base is None else int(base)
+    found = sorted(tracking.retry(client.search_model_versions, f"name='{name}'"), key=lambda v: int(v.version))
+    window = {str(v.version): v for v in found if int(v.version) >= floor}
+    if int(own.version) < floor:
+        window[str(own.version)] = own
+    return window
+
+
+def attach_card(client: Any, card: CardFacts, decision: Decision, registered_now: bool) -> str:
+    """Render the model card; log it as the evaluation run's ``model_card.md`` and, for a version this gate
+    registered (or put back on top), set it as the version's description."""
+    from pipeline.tracking import store as tracking
+
+    uri = f"models:/{decision.model}/{decision.version}" if decision.version else f"models:/{decision.model_id}"
+    facts = dataclasses.replace(card, model_uri=uri, train_images=card.train_images or _train_images(client, decision))
+    text = render_card(facts, decision)
+    tracking.retry(client.log_text, decision.run_id, text, CARD_ARTIFACT)
+    if registered_now and decision.version is not None:
+        tracking.retry(client.update_model_version, decision.model, decision.version, description=text)
+    return text
+
+
+def _train_images(client: Any, decision: Decision) -> int | None:
+    """How many images the model was trained on: its training run's dataset input (context ``training``)."""
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.tracking import store as tracking
+
+    try:
+        logged = tracking.retry(client.get_logged_model, decision.model_id)
+        if not logged.source_run_id:
+            return None
+        run = tracking.retry(client.get_run, logged.source_run_id)
+    except MlflowException:  # no such model or run: the card says "not recorded"
+        return None
+    for entry in run.inputs.dataset_inputs:
+        if {t.key: t.value for t in entry.tags}.get("mlflow.data.context") == "training":
+            with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
+                return int(json.loads(entry.dataset.profile)["targets_shape"][0])
+    return None
 
 
 def _champion(client: Any, cfg: RegistryConfig) -> Any | None:

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -39,25 +40,33 @@ def predictions(accuracy: float, seed: int) -> np.ndarray:
     return np.where(wrong, (LABELS + 1) % 10, LABELS)
 
 
-def evaluated_model(uri: str, accuracy: float, seed: int) -> tuple[str, str, np.ndarray]:
-    """A run with a READY LoggedModel and its evaluation's predictions: (model_id, run_id, predictions)."""
+def evaluated_model(uri: str, accuracy: float, seed: int, train_images: int = 0) -> tuple[str, str, np.ndarray]:
+    """A run with a READY LoggedModel and its evaluation's predictions: (model_id, run_id, predictions); with
+    ``train_images``, the run also records a training dataset input of that many images, as the train stage does."""
+    from mlflow.data.numpy_dataset import from_numpy
     from mlflow.entities import LoggedModelStatus
 
     experiment = tracking.setup(tracking_config(uri))
     pred = predictions(accuracy, seed)
     with mlflow.start_run(experiment_id=experiment) as run:
+        if train_images:
+            x, y = np.zeros((train_images, 2, 2, 1), np.float32), np.zeros(train_images, np.int64)
+            with warnings.catch_warnings():  # MLflow's two local-file source types, as in tracking.results
+                warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+                dataset = from_numpy(x, targets=y, source="train.npz", name="mnist-train")
+            mlflow.log_input(dataset, context="training")
         model = mlflow.initialize_logged_model(name="model", source_run_id=run.info.run_id)
         mlflow.MlflowClient().finalize_logged_model(model.model_id, LoggedModelStatus.READY)
         registry.log_predictions(pred, LABELS)
     return model.model_id, run.info.run_id, pred
 
 
+def never(model_uri: str) -> np.ndarray:
+    raise AssertionError("the champion's saved predictions should be used")
+
+
 def run_gate(uri: str, cfg: RegistryConfig, accuracy: float, seed: int) -> registry.Decision:
     model_id, run_id, pred = evaluated_model(uri, accuracy, seed)
-
-    def never(model_uri: str) -> np.ndarray:
-        raise AssertionError("the champion's saved predictions should be used")
-
     return registry.gate(cfg, model_id, run_id, pred, LABELS, "digest-1", never)
 
 
@@ -164,6 +173,40 @@ def test_a_champion_scored_on_another_test_set_is_predicted_again(uri):
         cfg, *challenger, LABELS, "new-test-set", lambda u: asked.append(u) or predictions(0.90, 1)
     )
     assert asked == ["models:/gate-cnn/1"] and decision.promoted
+
+
+def test_a_registered_version_carries_its_model_card_as_description_and_as_an_artifact(uri):
+    from pipeline.tracking import card
+
+    cfg = registry_config("card-cnn")
+    per_class = [float(np.mean(predictions(0.96, 2)[c == LABELS] == c)) for c in range(10)]
+    metrics = {"test_accuracy": 0.96, "test_loss": 0.12, "test_samples": 1000}
+    facts = card.facts(validate(compose()), metrics, per_class)
+    client = mlflow.MlflowClient(uri)
+
+    def gated(accuracy: float, seed: int, train_images: int = 0) -> registry.Decision:
+        model = evaluated_model(uri, accuracy, seed, train_images)
+        return registry.gate(cfg, *model, LABELS, "digest-1", never, card=facts)
+
+    def card_of(run_id: str) -> str:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=card.ARTIFACT, tracking_uri=uri)
+        return Path(path).read_text()
+
+    first, better, worse = gated(0.90, 1, train_images=600), gated(0.96, 2, train_images=600), gated(0.93, 3)
+    for decision in (first, better):
+        text = client.get_model_version("card-cnn", decision.version).description
+        expected = dataclasses.replace(facts, train_images=600, model_uri=f"models:/card-cnn/{decision.version}")
+        assert text == card_of(decision.run_id) == card.render(expected, decision)
+    text = card_of(better.run_id)
+    assert text.startswith("# Model card: card-cnn v2\n") and "| training images | 600 |" in text
+    assert "| champion before | v1 (0.9000) |" in text
+    assert f"| b: images only the champion got right | {better.b} |" in text
+    assert f"| McNemar's exact p (two-sided) | {better.p_value:.3g} |" in text
+    assert "| outcome | promoted: v2 holds the alias |" in text and "| test_accuracy | 0.9600 |" in text
+    # A model that was not promoted: its run holds the card (why not), and the registry has no version of it.
+    assert "| outcome | not promoted (not registered) |" in card_of(worse.run_id)
+    assert "| training images | not recorded |" in card_of(worse.run_id)
+    assert sorted(v.version for v in client.search_model_versions("name='card-cnn'")) == [1, 2]
 
 
 GATE = """

@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import binomtest
 
 from pipeline.config import RegistryConfig, compose, validate
-from pipeline.tracking.gate import Decision, GateReport, decide, mcnemar
+from pipeline.tracking.gate import Decision, GateReport, decide, mcnemar, replay, settled
 
 
 def registry(**changes) -> RegistryConfig:
@@ -68,3 +68,35 @@ def test_a_model_not_promoted_is_reported_unregistered_with_the_decisions_number
     assert (report["b"], report["c"], report["p_value"], report["champion_version"]) == (12, 2, 0.013, "3")
     assert {k: v for k, v in report.items() if k != "registered"} == decision.as_dict()
     assert "mnist-cnn model m-abc (0.9800, not registered) did not replace champion v3" in decision.summary()
+
+
+def correct_at(accuracy: float, seed: int, n: int = 1000) -> np.ndarray:
+    """A model's per-image correctness on ``n`` shared test images: wrong on a random ``1 - accuracy`` of them."""
+    return np.random.default_rng(seed).permutation(n) >= round((1 - accuracy) * n)
+
+
+def test_replay_puts_the_alias_on_the_clearly_better_of_two_models_promoted_at_once_in_either_order():
+    """Two gates that both beat champion v1 and registered v2 and v3: the replay, the settle's rule, is the
+    one-at-a-time gate in version order, so the clearly better model ends with the alias whichever came first."""
+    models = {"1": correct_at(0.90, 1), "clear": correct_at(0.98, 2), "slight": correct_at(0.93, 3)}
+    for first, second in (("clear", "slight"), ("slight", "clear")):
+        winner, turns = replay("1", [first, second], models.__getitem__, registry())
+        assert winner == "clear"
+        assert [(t.version, t.holder, t.verdict.promote) for t in turns] == [
+            (first, "1", True), (second, first, second == "clear")
+        ]  # fmt: skip
+    assert settled("slight", "clear", replay("1", ["clear", "slight"], models.__getitem__, registry())[1]).startswith(
+        "settled with vclear (promoted at the same time), replayed in version order: vslight does not beat vclear (b="
+    )
+    winner, turns = replay(None, ["slight", "clear"], models.__getitem__, registry())  # two first models at once
+    assert winner == "clear" and turns[0].verdict.reason == "no champion yet"
+
+
+def test_settled_says_nothing_without_a_conflict_and_names_the_holder_with_one():
+    models = {"1": correct_at(0.90, 1), "2": correct_at(0.93, 3), "3": correct_at(0.98, 2)}
+    _, alone = replay("1", ["2"], models.__getitem__, registry())
+    assert settled("2", "2", alone) == ""
+    winner, turns = replay("1", ["2", "3"], models.__getitem__, registry())
+    head = "(promoted at the same time), replayed in version order"
+    assert settled("3", winner, turns) == f"settled with v2 {head}: v3 keeps the alias"
+    assert settled("2", winner, turns) == f"settled with v3 {head}: v3, replayed after v2, holds the alias"
