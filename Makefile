@@ -10,6 +10,8 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
 SERVE_PORT ?= 5001
+# make serve's uvicorn workers: one (MLflow's default) is the faster on 2 cores (docs/serving.md, Speed)
+SERVE_WORKERS ?= 1
 # make server: where its state lives, and AUTH=1 for MLflow's basic-auth app. The database and the artifact
 # destination come from $MLFLOW_BACKEND_STORE_URI and $MLFLOW_ARTIFACTS_DESTINATION (see README).
 SERVER_STATE ?= .cache/server
@@ -21,7 +23,7 @@ SWEEP ?= optimizer=sgd,rmsprop,adam
 # suit 2 cores: much of the suite is single-threaded process start-up (imports), which two workers overlap.
 TEST_WORKERS ?= 2
 
-.PHONY: install install-dev smoke exps docs run ui sweep predict serve server server-stop test test-unit test-faults test-services test-slow test-all lint format params clean
+.PHONY: install install-dev smoke exps report docs run ui sweep predict serve server server-stop test test-unit test-faults test-services test-slow test-all lint format params clean
 
 # make install: what the pipeline runs on (TensorFlow's CPU wheel: EXTRAS=gpu for the CUDA one); make install-dev
 # adds the tests, lint, docs and every optional extra; `make server` adds the team server's. docs/install.md
@@ -56,7 +58,7 @@ predict: install  ## the champion on your images: make predict IMAGES="photo.jpg
 	python -m pipeline.predict $(IMAGES)
 
 serve: install  ## REST API of the champion (mlflow models serve) on 127.0.0.1:$(SERVE_PORT) unless HOST says otherwise
-	python -m pipeline.tracking serve --host $(HOST) --port $(SERVE_PORT)
+	python -m pipeline.tracking serve --host $(HOST) --port $(SERVE_PORT) --workers $(SERVE_WORKERS)
 
 server: $(VENV)/.installed-server  ## the team's MLflow tracking server on PostgreSQL, proxied artifacts (AUTH=1: basic-auth) on $(HOST):$(PORT)
 	python -m pipeline.server start --state-dir $(SERVER_STATE) --host $(HOST) --port $(PORT) $(if $(filter 1 true yes,$(AUTH)),--auth) $(SERVER_ARGS)
@@ -94,8 +96,11 @@ smoke: install  ## a smoke run: 640 images through download, preprocess, train, 
 	python -m pipeline.run train=debug tracking.uri=sqlite:///$(abspath .cache/smoke)/mlflow.db hydra.run.dir=.cache/smoke/run
 
 exps: install  ## the DVC experiments in a table that fits 120 columns: the params that differ and the key metrics
-	dvc exp show --only-changed --drop 'Created|State|Executor|test_samples|data/|models/|pipeline/|reports/|optimizer\.(?!name$$|learning_rate$$)' \
+	dvc exp show --only-changed --drop 'Created|State|Executor|test_samples|run_id|train_run_id|experiment_id|model_id|data/|models/|pipeline/|reports/|optimizer\.(?!name$$|learning_rate$$)' \
 	  --precision 4 --no-pager $(if $(shell test -t 1 && echo tty),,--md) $(EXPS_ARGS)
+
+report: install  ## the workspace's experiment against BASE's (make report BASE=main): reports/change.md and change.png
+	python -m pipeline.report --base $(or $(BASE),$(error BASE is unset: make report BASE=<git revision>))
 
 docs: install-dev  ## the docs site (mkdocs-material) on http://$(HOST):8000
 	NO_MKDOCS_2_WARNING=1 mkdocs serve -a $(HOST):8000

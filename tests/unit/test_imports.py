@@ -24,6 +24,7 @@ LAYERS = {
     "predict": {"core", "config", "data", "model", "tracking"},
     "run": {"core", "config", "data", "stages", "tracking"},
     "server": {"core"},
+    "report": {"core", "config", "tracking"},
 }
 #: The unit tests of the model package itself: the only unit tests that may import TensorFlow.
 MODEL_TESTS = {"test_model.py", "test_kernels.py", "test_train.py"}
