@@ -140,7 +140,10 @@ def run_pipeline(repo: Path, mirror: str, flops_per_sample: float) -> dict:
     assert logged.metrics["test_accuracy"] == metrics["test_accuracy"], "MLflow and metrics.json disagree"
     epochs = int(logged.params["train.epochs"])
     fit_s = logged.metrics["train_time_s"]
-    gflops = flops_per_sample * logged.metrics["train_samples"] * epochs / fit_s / 1e9
+    per_epoch = logged.metrics["train_samples"]
+    if logged.params.get("train.steps_per_epoch", "None") != "None":  # a fraction of an epoch: the samples it saw
+        per_epoch = min(per_epoch, int(logged.params["train.steps_per_epoch"]) * int(logged.params["train.batch_size"]))
+    gflops = flops_per_sample * per_epoch * epochs / fit_s / 1e9
     return {"wall_s": wall, "cpu_s": cpu, "fit_s": fit_s, "train_gflops": gflops, "stages": stages, **metrics}
 
 
@@ -200,6 +203,7 @@ def main() -> None:
     print(f"matmul peak (2048^3, both cores): {peak_before} GFLOP/s")
     repo = prepare_repo(args.overrides)
     rows = []
+    loads = [round(os.getloadavg()[0], 2)]  # other processes' share of this shared host, before and after each pair
     try:
         for i in range(args.pairs):
             result = {}
@@ -215,6 +219,7 @@ def main() -> None:
                 "cpu_ratio": result["B"]["cpu_s"] / result["A"]["cpu_s"],
             }
             rows.append(row)
+            loads.append(round(os.getloadavg()[0], 2))
             print(
                 f"pair {i + 1} ({''.join(sides)}): seed {result['A']['wall_s']:6.1f} s (fit {result['A']['timings']['fit']:.1f} s)"
                 f" acc {result['A']['test_accuracy']:.4f}"
@@ -229,8 +234,14 @@ def main() -> None:
     finally:
         shutil.rmtree(repo, ignore_errors=True)
     peak_after = matmul_peak()
+    from omegaconf import OmegaConf
+
+    from pipeline.config import compose
+
     summary = {
         "overrides": args.overrides,
+        "train_config": OmegaConf.to_container(compose(args.overrides).train),  # the recipe measured (test_readme.py)
+        "load_average_1min": loads,
         "pairs": args.pairs,
         "order": args.order,
         "seed_wall_s_median": statistics.median(r["A"]["wall_s"] for r in rows),

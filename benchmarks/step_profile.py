@@ -86,7 +86,7 @@ def main() -> None:
 
     cfg = validate(compose(args.overrides))
     t = cfg.train
-    model, _ = seeded_model(cfg)
+    model, _ = seeded_model(cfg, steps=args.warmup + args.steps)  # sizes a train.lr_schedule
     n = t.batch_size * (args.warmup + args.steps)
     x, y = load_split(args.processed_dir, "train", cfg.dataset.num_classes)
     warm, timed = slice(0, t.batch_size * args.warmup), slice(t.batch_size * args.warmup, n)

@@ -48,6 +48,14 @@ class Precision(enum.StrEnum):
     auto = "auto"  # mixed_float16 on a GPU, mixed_bfloat16 on a CPU with AVX512_BF16/AMX, else float32
 
 
+class LRSchedule(enum.StrEnum):
+    """How the learning rate moves over a fit (``train.lr_schedule``): Keras' own schedules, so a saved model
+    loads anywhere without this package."""
+
+    constant = "constant"  # optimizer.learning_rate x train.lr_scale throughout
+    cosine = "cosine"  # a linear warm-up from 0 over train.warmup of the steps, then a cosine decay to 0
+
+
 class Strategy(enum.StrEnum):
     """tf.distribute strategies: one device (TensorFlow's default), or MirroredStrategy over the local GPUs or
     ``train.devices`` (one machine; see docs/scaling_out.md for several)."""
@@ -105,7 +113,7 @@ class DataFormat(enum.StrEnum):
 class Preparation(enum.StrEnum):
     """How predict and serve prepare a person's image for the model."""
 
-    digit = "digit"  # a photographed handwritten digit, as MNIST was made (pipeline.predict.imageprep)
+    digit = "digit"  # a photographed handwritten digit, as MNIST was made (pipeline.data.imageprep)
     image = "image"  # resized and scaled as in training (the dataset's image_size and channels)
 
 
@@ -244,6 +252,11 @@ class TrainConfig:
     )
     validation_split: float = field(metadata=FRACTION)
     lr_scale: float = field(metadata=POSITIVE)
+    steps_per_epoch: int | None = field(
+        metadata=rule(ok=lambda v: v is None or v >= 1, allowed="null (one pass over the data) or an integer >= 1")
+    )
+    lr_schedule: LRSchedule
+    warmup: float = field(metadata=FRACTION)
     precision: Precision
     deterministic: bool = field()
     fast_kernels: bool = field()
@@ -268,6 +281,7 @@ class PathsConfig:
     processed_dir: str
     model: str
     run_info: str
+    epochs: str
     history: str
     metrics: str
     eval_info: str
@@ -299,6 +313,12 @@ class RegistryConfig:
     alias: str
     require_significance: bool
     alpha: float = field(metadata=rule(ok=lambda v: 0.0 < v < 1.0, allowed="a number in (0, 1)"))
+    export: list[str] = field(
+        metadata=rule(
+            ok=lambda v: len(set(v)) == len(v) and set(v) <= {"tflite", "onnx"},
+            allowed="[], [tflite], [onnx] or [tflite, onnx]",
+        )
+    )
 
 
 @dataclass

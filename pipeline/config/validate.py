@@ -18,7 +18,16 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from pipeline.config.schema import CONF_DIR, ONE_HOT_ONLY, OPTIMIZERS, Config, Strategy, TrainConfig, keys
+from pipeline.config.schema import (
+    CONF_DIR,
+    ONE_HOT_ONLY,
+    OPTIMIZERS,
+    Config,
+    LRSchedule,
+    Strategy,
+    TrainConfig,
+    keys,
+)
 from pipeline.core import redact
 from pipeline.core.errors import ConfigError
 
@@ -59,8 +68,10 @@ def validate(raw: Any, source: str = "config") -> Config:
         )
     t = cfg.train
     _check_strategy(t, source)
-    for key in ("log_every", "backup_every"):
-        # Keras calls batch callbacks once per execution: a curve point or a backup between two is never seen.
+    _check_schedule(t, source)
+    for key in ("log_every", "backup_every", "steps_per_epoch"):
+        # Keras calls batch callbacks once per execution: a curve point or a backup between two is never seen,
+        # and an epoch of steps_per_epoch batches ends only at an execution's end.
         # (log_every: auto is resolved to such a multiple by pipeline.model.fit.resolve_log_every.)
         if isinstance(getattr(t, key), int) and getattr(t, key) % t.steps_per_execution:
             raise ConfigError(
@@ -118,6 +129,15 @@ def _same_kind(value: Any, like: Any) -> bool:
             isinstance(value, list) and all(_same_kind(v, like[0]) for v in value) if like else isinstance(value, list)
         )
     return like is None or isinstance(value, type(like))
+
+
+def _check_schedule(t: TrainConfig, source: str) -> None:
+    """A warm-up belongs to a schedule that has one: on a constant rate it would silently do nothing."""
+    if t.warmup > 0 and t.lr_schedule is not LRSchedule.cosine:
+        raise ConfigError(
+            f"{source}: bad value for 'train.warmup': {t.warmup}; allowed: 0.0 with train.lr_schedule="
+            f"{t.lr_schedule.value} (a warm-up is part of train.lr_schedule=cosine)"
+        )
 
 
 def _check_strategy(t: TrainConfig, source: str) -> None:

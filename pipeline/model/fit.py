@@ -22,6 +22,8 @@ into logical devices, which must happen before TensorFlow first touches a device
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import math
 import os
@@ -36,8 +38,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from pipeline.config import Config, Precision, Strategy, TrainConfig, Verbosity, config_hash
-from pipeline.core.errors import ConfigError
-from pipeline.core.files import atomic_path, exclusive_lock, remove, sha256_file, write_json
+from pipeline.config.schema import LRSchedule
+from pipeline.core.errors import ConfigError, naming
+from pipeline.core.files import atomic_path, exclusive_lock, remove, sha256_file, user_cache_dir, write_json
 from pipeline.core.timing import Timer
 from pipeline.data.formats import load_split
 from pipeline.model import patches
@@ -85,7 +88,19 @@ class TrainResult:
     devices: list[str] = field(default_factory=list)  # the replicas' devices (one per replica); [] by default
 
 
-def cpu_has_bf16() -> bool:
+#: oneDNN's instruction-set caps (``ONEDNN_MAX_CPU_ISA``) that leave it no bfloat16 arithmetic. Under them
+#: TensorFlow still sees AVX512_BF16 and sends bfloat16 convolutions to oneDNN, which refuses them ("could not
+#: create a primitive descriptor"): a CPU so capped is, for ``precision: auto``, a CPU without bfloat16.
+NO_BF16_ISAS = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"})
+
+
+def cpu_has_bf16(env: dict[str, str] | None = None) -> bool:
+    """Whether the CPU has bfloat16 arithmetic (AVX512_BF16 or AMX) that oneDNN may use: not under an
+    ``ONEDNN_MAX_CPU_ISA`` (or its older name ``DNNL_MAX_CPU_ISA``) of :data:`NO_BF16_ISAS`."""
+    env = dict(os.environ) if env is None else env
+    cap = (env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    if cap in NO_BF16_ISAS:
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -93,15 +108,81 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+#: How much faster bfloat16's convolution must be than float32's for ``precision: auto`` to pick it: a margin
+#: over the probe's noise, so a CPU where the two are close keeps float32's accuracy.
+BF16_MARGIN = 1.2
+
+
+def bf16_pays(seconds: dict[str, float], margin: float = BF16_MARGIN) -> bool:
+    """Whether the probe's timings (dtype -> seconds of the same work) make bfloat16 worth it."""
+    return seconds["bfloat16"] * margin <= seconds["float32"]
+
+
+def probe_conv_seconds(repeats: int = 5) -> dict[str, float]:
+    """The best of ``repeats`` timings of the seed network's widest convolution (a batch of 128, 28x28, 32 -> 64
+    channels, forward and backward), in float32 and in bfloat16, on this CPU's kernels."""
+    import tensorflow as tf
+
+    seconds = {}
+    x = tf.random.stateless_uniform((128, 28, 28, 32), seed=(1, 2), dtype=tf.float32)
+    w = tf.Variable(tf.random.stateless_uniform((3, 3, 32, 64), seed=(3, 4), dtype=tf.float32))
+    for dtype in ("float32", "bfloat16"):
+
+        @tf.function
+        def step(x: Any, dtype: str = dtype) -> Any:
+            with tf.GradientTape() as tape:
+                y = tf.nn.conv2d(tf.cast(x, dtype), tf.cast(w, dtype), 1, "SAME")
+                loss = tf.reduce_sum(tf.cast(y, tf.float32))
+            return tape.gradient(loss, w)
+
+        step(x).numpy()  # traced, and its kernels chosen, before the clock
+        best = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step(x).numpy()
+            best = min(best, time.perf_counter() - start)
+        seconds[dtype] = best
+    return seconds
+
+
+def bf16_is_faster() -> bool:
+    """Whether bfloat16 trains faster than float32 on this CPU: AVX512_BF16 alone does not say (on an AMD EPYC its
+    matmul peak is twice float32's, on an Intel Xeon without AMX about half: docs/performance.md), so a 1 s probe
+    decides, once per CPU, oneDNN cap and TensorFlow version (remembered in the per-user cache)."""
+    import tensorflow as tf
+
+    if not cpu_has_bf16():
+        return False
+    cpu = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "")
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    key = hashlib.sha256(f"{cpu}|{cap}|{tf.__version__}".encode()).hexdigest()[:16]
+    record = user_cache_dir() / "precision" / f"{key}.json"
+    try:
+        return bool(json.loads(record.read_text())["bf16_faster"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    seconds = probe_conv_seconds()
+    faster = bf16_pays(seconds)
+    log.info("precision auto: bfloat16 %.1f ms, float32 %.1f ms a step: %s", seconds["bfloat16"] * 1e3,
+             seconds["float32"] * 1e3, "mixed_bfloat16" if faster else "float32")  # fmt: skip
+    with contextlib.suppress(OSError):
+        write_json(record, {"cpu": cpu.split(":")[-1].strip(), "cap": cap, "tensorflow": tf.__version__,
+                            "seconds": seconds, "bf16_faster": faster})  # fmt: skip
+    return faster
+
+
 def resolve_precision(train: TrainConfig) -> str:
-    """``auto``: mixed_float16 on a GPU, mixed_bfloat16 on CPUs with AVX512_BF16/AMX, float32 otherwise."""
+    """``auto``: mixed_float16 on a GPU; on a CPU, mixed_bfloat16 where it has bfloat16 arithmetic
+    (:func:`cpu_has_bf16`) and it is faster there (:func:`bf16_is_faster`), float32 otherwise: on an AVX2-only
+    CPU bfloat16 has no oneDNN kernels, and TensorFlow's own emulate it at a multiple of float32's step time
+    (docs/performance.md, ``precision-isa-*.json``)."""
     if train.precision is not Precision.auto:
         return train.precision.value
     import tensorflow as tf
 
     if tf.config.list_physical_devices("GPU"):
         return "mixed_float16"
-    return "mixed_bfloat16" if cpu_has_bf16() else "float32"
+    return "mixed_bfloat16" if bf16_is_faster() else "float32"
 
 
 @cache
@@ -140,18 +221,49 @@ def backup_folder(root: Path | str, name: str) -> Iterator[Path]:
 CURVE_POINTS = 20
 
 
+def epoch_steps(train: TrainConfig, samples: int) -> int:
+    """Batches per epoch: one pass over the training samples, ceil(fitted / batch), the fitted samples being
+    what ``validation_split`` leaves (as Keras splits: the first floor(samples x (1 - split))), or fewer:
+    ``train.steps_per_epoch``. That is a cap, not a demand: a subset with fewer batches (``train=fast
+    train.subset=300``, a smoke run of the fast profile) trains on all of them, where Keras would stop at the
+    end of the data with a warning while the schedule and the curve counted steps that never run."""
+    fitted = math.floor(samples * (1.0 - train.validation_split))
+    one_pass = math.ceil(fitted / train.batch_size)
+    if train.steps_per_epoch is None:
+        return one_pass
+    return min(train.steps_per_epoch, one_pass)
+
+
 def resolve_log_every(train: TrainConfig, samples: int) -> int:
     """``train.log_every`` in steps. An integer is itself; ``auto`` gives at least :data:`CURVE_POINTS` points
     to a run of that many steps or more (every step to a shorter one), from the run's steps: epochs x
-    ceil(training samples / batch), the training samples being what ``validation_split`` leaves (as Keras
-    splits: the first floor(samples x (1 - split))). Always a multiple of ``train.steps_per_execution``: Keras
-    calls batch callbacks once per execution, so a point between two is never seen."""
+    :func:`epoch_steps`. Always a multiple of ``train.steps_per_execution``: Keras calls batch callbacks once
+    per execution, so a point between two is never seen."""
     if train.log_every != "auto":
         return int(train.log_every)
-    fitted = math.floor(samples * (1.0 - train.validation_split))
-    steps = train.epochs * math.ceil(fitted / train.batch_size)
+    steps = train.epochs * epoch_steps(train, samples)
     spe = train.steps_per_execution
     return max(spe, (steps // CURVE_POINTS) // spe * spe)
+
+
+def learning_rate(
+    train: TrainConfig, peak: float, steps: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The optimizer's learning rate for a fit of ``steps`` steps in all: ``peak`` (the configured rate times
+    ``train.lr_scale``) for ``constant``; for ``cosine``, Keras' CosineDecay (a built-in, so the saved model
+    loads without this package): from 0 up to ``peak`` in a straight line over round(``train.warmup`` x
+    ``steps``) steps, then down to 0 along half a cosine at the last step. Short fits converge further with it:
+    a high rate while far from a minimum, a small one to settle at the end."""
+    if train.lr_schedule is LRSchedule.constant:
+        return peak
+    import keras
+
+    warm = round(train.warmup * steps)
+    if warm == 0:
+        return keras.optimizers.schedules.CosineDecay(peak, decay_steps=steps)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=max(1, steps - warm), warmup_target=peak, warmup_steps=warm
+    )
 
 
 def fit_verbosity(train: TrainConfig) -> int:
@@ -278,15 +390,22 @@ def split_cpu(count: int) -> None:
         ) from None
 
 
-def compile_model(cfg: Config, precision: str) -> keras.Model:
+def compile_model(cfg: Config, precision: str, steps: int | None = None) -> keras.Model:
+    """The built, compiled model; ``steps`` (the fit's steps in all) sizes ``train.lr_schedule``, which needs
+    them unless it is ``constant``."""
     import keras
 
     from pipeline.model.architectures import build_model, build_optimizer
 
     keras.mixed_precision.set_dtype_policy(precision)
     model = build_model(cfg.model, cfg.dataset.num_classes, cfg.dataset.input_shape)
+    optimizer = build_optimizer(cfg.optimizer, cfg.train.lr_scale)
+    if cfg.train.lr_schedule is not LRSchedule.constant:
+        if steps is None:
+            raise ValueError(f"train.lr_schedule={cfg.train.lr_schedule.value} needs the fit's number of steps")
+        optimizer.learning_rate = learning_rate(cfg.train, float(optimizer.learning_rate), steps)
     model.compile(
-        optimizer=build_optimizer(cfg.optimizer, cfg.train.lr_scale),
+        optimizer=optimizer,
         loss=LOSS,
         metrics=[m.value for m in cfg.metrics],
         steps_per_execution=cfg.train.steps_per_execution,
@@ -294,16 +413,18 @@ def compile_model(cfg: Config, precision: str) -> keras.Model:
     return model
 
 
-def seeded_model(cfg: Config, strategy: tf.distribute.Strategy | None = None) -> tuple[keras.Model, str]:
-    """The compiled model as a training starts from it, and its precision: Keras seeded with ``cfg.seed``,
-    built in ``strategy``'s scope (variables mirrored on every replica). Op determinism is the caller's
-    (:func:`op_determinism`)."""
+def seeded_model(
+    cfg: Config, strategy: tf.distribute.Strategy | None = None, steps: int | None = None
+) -> tuple[keras.Model, str]:
+    """The compiled model as a training of ``steps`` steps (for the learning-rate schedule) starts from it,
+    and its precision: Keras seeded with ``cfg.seed``, built in ``strategy``'s scope (variables mirrored on
+    every replica). Op determinism is the caller's (:func:`op_determinism`)."""
     import keras
 
     keras.utils.set_random_seed(cfg.seed)
     precision = resolve_precision(cfg.train)
     with strategy.scope() if strategy else contextlib.nullcontext():
-        return compile_model(cfg, precision), precision
+        return compile_model(cfg, precision, steps), precision
 
 
 def fit(cfg: Config, observers: Sequence[Observer] = ()) -> TrainResult:
@@ -330,7 +451,8 @@ def _fit(
     import keras
 
     paths, t = cfg.paths, cfg.train
-    model, precision = seeded_model(cfg, strategy)
+    per_epoch = epoch_steps(t, len(x))
+    model, precision = seeded_model(cfg, strategy, t.epochs * per_epoch)
     devices = list(strategy.extended.worker_devices) if strategy else []
     if devices:
         log.info("%s: %d replicas (%s), global batch %d", t.strategy, len(devices), ", ".join(devices), t.batch_size)
@@ -349,6 +471,7 @@ def _fit(
                 y,
                 batch_size=t.batch_size,
                 epochs=t.epochs,
+                steps_per_epoch=per_epoch if t.steps_per_epoch else None,
                 shuffle=t.shuffle,
                 validation_split=t.validation_split,
                 verbose=fit_verbosity(t),
@@ -366,7 +489,7 @@ def _fit(
             )
         train_seconds = time.perf_counter() - start
     timer.mark("fit")
-    with atomic_path(paths.model) as model_tmp:
+    with atomic_path(paths.model) as model_tmp, naming(paths.model):  # a full disk: one line naming the model
         model.save(model_tmp)
         model_sha256 = sha256_file(model_tmp)
     timer.mark("save model")

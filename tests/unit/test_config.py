@@ -49,6 +49,15 @@ def test_defaults_reproduce_the_seed():
         (["train.log_every=often"], "'train.log_every': 'often'; allowed: auto or an integer >= 1"),
         (["train.steps_per_execution=50", "train.backup_every=120"], "'train.backup_every': 120; allowed: a multiple"),
         (["train.strategy=horovod"], "'train.strategy': 'horovod'; allowed: default | mirrored"),
+        (["train.steps_per_epoch=0"], "'train.steps_per_epoch': 0; allowed: null (one pass over the data) or an"),
+        (
+            ["train.steps_per_execution=5", "train.log_every=5", "train.backup_every=5", "train.steps_per_epoch=12"],
+            "'train.steps_per_epoch': 12; allowed: a multiple of train.steps_per_execution=5",
+        ),
+        (["train.lr_schedule=onecycle"], "'train.lr_schedule': 'onecycle'; allowed: constant | cosine"),
+        (["train.lr_schedule=cosine", "train.warmup=1.0"], "'train.warmup': 1.0; allowed: a number in [0, 1)"),
+        (["train.lr_schedule=cosine", "train.warmup=-0.1"], "'train.warmup': -0.1; allowed: a number in [0, 1)"),
+        (["train.warmup=0.1"], "'train.warmup': 0.1; allowed: 0.0 with train.lr_schedule=constant"),
         (
             ["train.devices=[/cpu:0,/cpu:1]"],
             "'train.devices': ['/cpu:0', '/cpu:1']; allowed: null with train.strategy=default",

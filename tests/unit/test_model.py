@@ -114,7 +114,7 @@ def test_lr_scale_multiplies_the_learning_rate():
     from pipeline.model.architectures import build_optimizer
 
     cfg = validate(compose(["train=fast"]))
-    assert float(build_optimizer(cfg.optimizer, cfg.train.lr_scale).learning_rate) == pytest.approx(0.002)
+    assert float(build_optimizer(cfg.optimizer, cfg.train.lr_scale).learning_rate) == pytest.approx(0.003)
 
 
 def test_the_second_architecture_is_a_residual_network_of_its_own():

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -83,3 +84,56 @@ def test_every_figure_in_performance_md_is_in_the_results_file_its_row_names(row
         assert any(round(n, places) == float(number) for n in known), (
             f"{row['figure']}: {number} is not in {record.name}"
         )
+
+
+def _fast_rows() -> list[dict[str, str]]:
+    """The figures of the fast profile as it is now: the rows whose results file records the recipe it measured."""
+    rows = []
+    for row in _figures():
+        path = re.fullmatch(r"`(benchmarks/results/[^`]+\.json)`", row["results file"])
+        if path and "train_config" in json.loads((ROOT / path.group(1)).read_text()).get("summary", {}):
+            rows.append({**row, "path": path.group(1)})
+    return rows
+
+
+def test_the_fast_profiles_figures_are_of_its_recipe_as_it_is():
+    """docs/performance.md quotes the fast profile's time (benchmarks/compare.py) and its accuracy per seed
+    (benchmarks/fast_accuracy.py) for conf/train/fast.yaml as it is now: each results file records the composed
+    train section it measured, and a change to the recipe fails here until both are measured again. The
+    accuracy conf/train/fast.yaml promises (>= 0.985 on all 10,000 test images for every seed) is the file's."""
+    from omegaconf import OmegaConf
+
+    from pipeline.config import compose
+
+    recipe = OmegaConf.to_container(compose(["train=fast"]).train)
+    rows = _fast_rows()
+    names = {Path(row["path"]).name for row in rows}
+    assert any(n.startswith("fast-accuracy-") for n in names), "no accuracy per seed of the fast profile as it is"
+    assert any(n.endswith("-train=fast.json") for n in names), "no time of the fast profile as it is"
+    own = set(yaml.safe_load((ROOT / "conf" / "train" / "fast.yaml").read_text())) - {"defaults"}
+    for row in rows:
+        summary = json.loads((ROOT / row["path"]).read_text())["summary"]
+        measured = summary["train_config"]  # a key added since keeps its default: only the recorded ones count
+        assert own <= set(measured) and {k: recipe.get(k) for k in measured} == measured, (
+            f"{row['figure']}: measured another recipe than conf/train/fast.yaml"
+        )
+        if "accuracies" in summary:
+            assert summary["min_accuracy"] >= 0.985 and len(summary["accuracies"]) >= 3, row["figure"]
+            assert all(s["test_samples"] == 10000 for s in json.loads((ROOT / row["path"]).read_text())["seeds"])
+
+
+def test_the_fault_matrix_counts_line_matches_its_rows():
+    """docs/faults.md's "Counts:" line is the matrix's: each row's outcome starts with its kind."""
+    section = (ROOT / "docs" / "faults.md").read_text().split("## The matrix", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")][2:]
+    outcomes = [[cell.strip() for cell in row.strip("|").split(" | ")][2] for row in rows]
+    survived = sum(o.startswith("survived") for o in outcomes)
+    one_line = sum(o.startswith("one line") for o in outcomes)
+    counts = re.search(r"Counts: (\d+) cells; (\d+) survived, (\d+) one clear line, (\d+) DVC's lines with exit 0\.",
+                       section)  # fmt: skip
+    assert counts, "docs/faults.md: no Counts line"
+    dvc_exit_0 = sum(o.startswith("DVC's lines, exit 0") for o in outcomes)
+    assert survived + one_line + dvc_exit_0 == len(rows), [
+        o for o in outcomes if not o.startswith(("survived", "one line", "DVC's"))
+    ]
+    assert tuple(map(int, counts.groups())) == (len(rows), survived, one_line, dvc_exit_0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -113,3 +115,118 @@ def test_the_step_curve_of_an_auto_run_has_20_points_or_every_step(tmp_path, sam
     rows = (tmp_path / "steps.csv").read_text().splitlines()[1:]
     assert len(rows) == len(seen) == expected and len(seen) >= min(20, samples // 8)
     assert seen[-1] == samples // 8  # the last step is always a point
+
+
+@pytest.mark.parametrize(
+    ("overrides", "samples", "expected"),
+    [
+        ([], 60000, 1875),  # null: one pass
+        (["train.steps_per_epoch=300"], 60000, 300),  # a fraction of the pass: 9,600 of 60,000 samples
+        (["train.batch_size=128", "train.validation_split=0.1"], 60000, 422),  # 54,000 fitted: ceil(54000 / 128)
+        (["train.batch_size=128", "train.steps_per_epoch=422", "train.validation_split=0.1"], 60000, 422),
+    ],
+)
+def test_an_epoch_is_one_pass_or_train_steps_per_epoch_batches(overrides, samples, expected):
+    from pipeline.model.fit import epoch_steps, resolve_log_every
+
+    t = validate(compose(overrides)).train
+    assert epoch_steps(t, samples) == expected
+    assert resolve_log_every(t, samples) == expected // 20  # the curve's 20 points follow the steps that run
+
+
+def test_steps_per_epoch_is_a_cap_so_the_fast_profile_runs_on_a_subset():
+    """train=fast's 400 batches of 128 are 85% of MNIST's epoch; on a 300-sample subset (3 batches) the epoch
+    is the whole subset, and the schedule and the curve count those 3 steps."""
+    from pipeline.model.fit import epoch_steps, resolve_log_every
+
+    t = validate(compose(["train=fast", "train.subset=300"])).train
+    assert t.steps_per_epoch == 400 and epoch_steps(t, 300) == 3 and resolve_log_every(t, 300) == 1
+    assert epoch_steps(t, 60000) == 400
+
+
+def test_the_cosine_schedule_warms_up_in_a_line_then_decays_to_zero_along_a_cosine():
+    """train.lr_schedule=cosine over 100 steps with warmup 0.1: 0 at the first step, the peak (rate x lr_scale)
+    at step 10, half of it halfway through the decay (step 55), falling every step after the peak, 0 at the
+    end; constant is the peak throughout."""
+    from pipeline.model.fit import learning_rate
+
+    t = validate(compose(["train.lr_schedule=cosine", "train.warmup=0.1"])).train
+    schedule = learning_rate(t, 0.004, 100)
+    rates = np.array([float(schedule(step)) for step in range(101)])
+    assert rates[0] == 0.0 and rates[5] == pytest.approx(0.002) and rates[10] == pytest.approx(0.004)
+    assert np.all(np.diff(rates[:11]) > 0) and np.all(np.diff(rates[10:]) < 0)
+    assert rates[55] == pytest.approx(0.002) and rates[100] == pytest.approx(0.0, abs=1e-9)
+    no_warmup = learning_rate(validate(compose(["train.lr_schedule=cosine"])).train, 0.004, 100)
+    assert float(no_warmup(0)) == pytest.approx(0.004) and float(no_warmup(50)) == pytest.approx(0.002)
+    assert learning_rate(validate(compose()).train, 0.004, 100) == 0.004
+
+
+def test_a_model_trained_on_a_schedule_saves_and_loads_with_it(tmp_path):
+    """The schedule is Keras' own CosineDecay: the saved model loads in safe mode (as evaluate, predict and the
+    served model load it), with the schedule, and a fit's optimizer follows it step by step."""
+    from pipeline.model.fit import compile_model
+    from pipeline.model.score import load_model
+
+    cfg = validate(compose(["train.lr_schedule=cosine", "train.warmup=0.25", "train.lr_scale=2"]))
+    with pytest.raises(ValueError, match="needs the fit's number of steps"):
+        compile_model(cfg, "float32")
+    model = compile_model(cfg, "float32", steps=8)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((16, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 16)
+    model.fit(x, y, batch_size=4, epochs=1, steps_per_epoch=2, verbose=0)  # 2 of the 4 batches, 2 of 8 steps
+    assert int(model.optimizer.iterations) == 2
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.002)  # step 2 of a 2-step warm-up to 0.002
+    model.save(tmp_path / "model.keras")
+    loaded = load_model(tmp_path / "model.keras")
+    schedule = loaded.optimizer.get_config()["learning_rate"]
+    assert schedule["class_name"] == "CosineDecay" and schedule["config"]["warmup_steps"] == 2
+
+
+def test_auto_precision_is_float32_where_onednn_is_capped_below_bfloat16(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 (an AVX2-only CPU, as benchmarks/precision_isa.py emulates one) leaves oneDNN no
+    bfloat16 kernels: precision auto is float32 there, whatever /proc/cpuinfo says; a cap with bfloat16, or
+    none, leaves the CPU's own answer."""
+    from pathlib import Path
+
+    from pipeline.model.fit import cpu_has_bf16
+
+    native = any(flag in Path("/proc/cpuinfo").read_text() for flag in ("avx512_bf16", "amx_bf16"))
+    assert cpu_has_bf16({}) == native == cpu_has_bf16({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"})
+    assert not cpu_has_bf16({"ONEDNN_MAX_CPU_ISA": "AVX2"}) and not cpu_has_bf16({"DNNL_MAX_CPU_ISA": "avx512_core"})
+    import tensorflow as tf
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    assert resolve_precision(validate(compose(["train=fast"])).train) == ("mixed_float16" if gpu else "float32")
+
+
+def test_auto_precision_takes_bfloat16_only_where_the_probe_finds_it_faster(monkeypatch, tmp_path):
+    """AVX512_BF16 alone does not make bfloat16 faster (twice float32 on an AMD EPYC, about half on an Intel Xeon
+    without AMX): the probe's convolution decides, with a margin, once per CPU (then read back from the cache)."""
+    from pipeline.model import fit as fit_module
+
+    assert fit_module.bf16_pays({"float32": 0.030, "bfloat16": 0.015})  # twice as fast: bfloat16
+    assert not fit_module.bf16_pays({"float32": 0.030, "bfloat16": 0.049})  # slower: float32
+    assert not fit_module.bf16_pays({"float32": 0.030, "bfloat16": 0.027})  # within the margin: float32's accuracy
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(fit_module, "cpu_has_bf16", lambda: True)
+    probes = []
+
+    def probe(repeats: int = 5) -> dict[str, float]:
+        probes.append(repeats)
+        return {"float32": 0.030, "bfloat16": 0.012}
+
+    monkeypatch.setattr(fit_module, "probe_conv_seconds", probe)
+    assert fit_module.bf16_is_faster() and fit_module.bf16_is_faster() and len(probes) == 1  # probed once
+    (record,) = (tmp_path / "mnist-mlops-pipeline" / "precision").glob("*.json")
+    assert json.loads(record.read_text())["bf16_faster"] is True
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")  # another oneDNN cap: another record, probed again
+    assert fit_module.bf16_is_faster() and len(probes) == 2
+
+
+def test_the_probe_times_both_dtypes_of_the_seed_networks_convolution():
+    from pipeline.model.fit import probe_conv_seconds
+
+    seconds = probe_conv_seconds(repeats=2)
+    assert set(seconds) == {"float32", "bfloat16"} and all(0 < s < 10 for s in seconds.values())
