@@ -171,7 +171,9 @@ def _isolated_process_state(monkeypatch) -> Iterator[None]:
 
 def config_in(tmp_path: Path, *overrides: str) -> Config:
     """conf/ composed with overrides, every output, the backups and the MLflow store under ``tmp_path``."""
-    cfg = validate(compose(["train.subset=512", "train.verbose=silent", *overrides]))
+    # registry.export: [] as the default here: a test that promotes a model (most do) skips the 5-15 s of
+    # TF-Lite and ONNX files unless it is about them (tests/integration/test_export.py turns them on).
+    cfg = validate(compose(["train.subset=512", "train.verbose=silent", "registry.export=[]", *overrides]))
     p = cfg.paths
     for key in OUTPUT_PATHS:
         setattr(p, key, str(tmp_path / "out" / Path(getattr(p, key)).name))

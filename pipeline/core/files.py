@@ -75,8 +75,9 @@ def user_cache_dir() -> Path:
     return Path(base) / "mnist-mlops-pipeline"
 
 
-def sha256_file(path: Path | str) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: Path | str, algorithm: str = "sha256") -> str:
+    """A file's digest; ``algorithm="md5"`` gives the hash DVC 3 records for it in ``dvc.lock``."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)

@@ -1,7 +1,7 @@
 """Stage ``train``: fit the configured model (:func:`pipeline.model.fit.fit`) and log it to the active run.
 
 Consumes: ``paths.processed_dir``/train.npz and the ``model``, ``optimizer``, ``train``, ``metrics`` and ``seed``
-config. Produces: ``paths.model``, ``paths.history``, ``paths.steps`` (by the fit) and, in MLflow: the training
+config. Produces: ``paths.model``, ``paths.history`` (for 2+ epochs), ``paths.steps`` (by the fit) and, in MLflow: the training
 curve and per-epoch metrics (:class:`pipeline.tracking.MetricsLogger`), the training time, the parameter count,
 the training data as a dataset input, the reports and the model (a LoggedModel with a signature, so
 ``mlflow.pyfunc`` serves it). :func:`main` also writes ``paths.run_info``, the MLflow run and logged model that
@@ -12,13 +12,15 @@ Run: ``dvc repro train``, or ``python -m pipeline.stages.train`` (reads params.y
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from pipeline import tracking
 from pipeline.config import Config
-from pipeline.core.files import remove
+from pipeline.core.files import remove, sha256_file
 from pipeline.core.timing import Timer
 from pipeline.model.fit import TrainResult, fit
+from pipeline.model.inference import load_predictor
 from pipeline.stages import stage_main
 
 
@@ -31,6 +33,10 @@ class Trained:
 def run(cfg: Config) -> Trained:
     """Fit and log into the active run (if any): the one training of the DVC stage and the Hydra app."""
     result = fit(cfg, observers=[tracking.MetricsLogger()])
+    if len(result.history.get("loss", ())) < 2:
+        # One epoch is one point, no curve: the per-epoch plot (DVC draws the folder's files) shows nothing rather
+        # than a dot, and the epoch's metrics are in MLflow (the run's epoch metrics) all the same.
+        remove(result.history_path)
     return Trained(result, log_training(cfg, result))
 
 
@@ -48,17 +54,22 @@ def log_training(cfg: Config, result: TrainResult) -> str | None:
         "op_determinism": str(result.deterministic).lower(),
         "model_sha256": result.model_sha256,
     }
+    if os.environ.get("DVC_STAGE"):
+        # The model's hash as dvc.lock records this stage's output: from the run to the commit or experiment
+        # whose dvc.lock holds it (git log -S <md5> dvc.lock), as the run's dvc_exp_name and git_commit lead there.
+        tags["dvc_model_md5"] = sha256_file(result.model_path, "md5")
     if result.devices:
         tags["devices"] = ",".join(result.devices)
     tracking.set_tags(tags)
     tracking.log_dataset(cfg, *result.inputs, split="train", context="training")
-    tracking.log_artifact(result.history_path, "reports")
+    if result.history_path.exists():
+        tracking.log_artifact(result.history_path, "reports")
     tracking.log_artifact(result.steps_path, "reports")
     if not cfg.tracking.log_model:
         return None
     return tracking.log_model(
-        result.model, result.example, result.example_output, tracking.config_params(cfg),
-        tags={"model_sha256": result.model_sha256},
+        result.model_path, result.example, tracking.config_params(cfg), {"model_sha256": result.model_sha256},
+        dataset=cfg.dataset, loader=load_predictor,
     )  # fmt: skip
 
 

@@ -36,6 +36,7 @@ def app(repo_copy, mirror, small_conf, monkeypatch, capfd):
     monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
 
     def run(*args: str) -> tuple[int, str]:
+        drop_closed_handlers()
         small = (f"hydra.searchpath=[file://{small_conf}]", "dataset=mnist_small")
         monkeypatch.setattr(sys, "argv", ["pipeline.run", *args, *small])
         try:
@@ -47,6 +48,22 @@ def app(repo_copy, mirror, small_conf, monkeypatch, capfd):
         return status, out.out + out.err
 
     return run
+
+
+def drop_closed_handlers() -> None:
+    """Logging handlers an earlier in-process test left bound to its own captured output, closed since: one would
+    print logging's "--- Logging error ---" traceback into this test's output (a process of its own has none)."""
+    import logging
+
+    loggers = [
+        logging.getLogger(),
+        *(v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger)),
+    ]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            stream = getattr(handler, "stream", None)
+            if stream is not None and getattr(stream, "closed", False):
+                logger.removeHandler(handler)
 
 
 def share_prepared_data(repo: Path) -> None:

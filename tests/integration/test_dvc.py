@@ -329,9 +329,11 @@ def test_every_evaluation_goes_through_the_registry_gate(project):
     assert all(d["version"] is None for d in mnist if not d["promoted"] and d["reason"] != "already the champion")
     for version in versions:
         full = client.get_model_version("mnist_small-cnn", version.version)
-        assert {"registry.eval_run_id", "registry.test_digest"} <= set(full.tags) <= {
+        gate_tags = {k for k in full.tags if k.startswith("registry.")}
+        assert {"registry.eval_run_id", "registry.test_digest"} <= gate_tags <= {
             "registry.eval_run_id", "registry.test_digest", "registry.accuracy", "registry.reason"
         }  # fmt: skip
+        assert {"export.tflite", "export.onnx"} <= set(full.tags)  # each champion's portable files
     champion = client.get_model_version_by_alias("mnist_small-cnn", "champion")
     assert str(champion.version) == str(max(promoted))  # the last promotion holds the alias
     assert "already exists" not in project["printed"]
@@ -342,6 +344,7 @@ def test_dvc_plots_render_offline(project):
     page = (project["repo"].parent / "plots" / "index.html").read_text()
     assert "<script src=" not in page and "vega-lite@5.2.0" in page
     assert "vegaEmbed('#training_curve'" in page and '"title": "training step"' in page  # the curve, its axes
+    assert "history.csv" not in page  # one epoch is one point: no per-epoch plot (reports/epochs/ is empty)
 
 
 def test_changing_the_optimizer_reruns_training_not_the_data_stages(project):
@@ -392,7 +395,7 @@ def test_make_ui_lists_the_runs_metrics_and_models_through_its_rest_api(project)
     from tests.integration.test_predict import wait_for
 
     repo, port, venv = project["repo"], free_port(), Path(sys.executable).parent.parent
-    ui = subprocess.Popen(["make", "ui", f"PORT={port}", f"VENV={venv}"], cwd=repo, env=stage_env(Path("/nonexistent")),
+    ui = subprocess.Popen(["make", "-o", f"{venv}/.installed", "ui", f"PORT={port}", f"VENV={venv}"], cwd=repo, env=stage_env(Path("/nonexistent")),
                           start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
 
@@ -442,3 +445,26 @@ def test_the_screenshot_script_renders_the_ui_pages(project, tmp_path):
     for path in tmp_path.glob("*.png"):
         pixels = np.asarray(Image.open(path).convert("L"), dtype=float)
         assert pixels.std() > 10, f"{path.name} looks blank"  # the page rendered
+
+
+def test_each_experiment_leads_to_its_mlflow_run_and_the_run_back_to_its_dvc_lock(project):
+    """dvc exp show has the evaluation's MLflow run id (paths.eval_info, a cached metrics file); the training run
+    carries the DVC experiment's name, the git revision and the model's hash as dvc.lock records it."""
+    repo, shown, client = project["repo"], project["shown"], store(project["repo"])
+    experiment = next(
+        exp for row in shown for exp in (row.get("experiments") or []) if exp.get("name") in project["experiments"]
+    )
+    data = experiment["revs"][0]["data"]
+    eval_run = data["metrics"]["reports/mlflow_eval.json"]["data"]["run_id"]
+    run = client.get_run(eval_run)
+    assert run.data.tags["dvc_exp_name"] == experiment["name"]
+    train_run = client.get_run(data["metrics"]["reports/mlflow_eval.json"]["data"]["train_run_id"])
+    assert train_run.data.tags["dvc_exp_name"] == experiment["name"] and train_run.data.tags["git_commit"]
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    model = next(o for o in lock["stages"]["train"]["outs"] if o["path"] == "models/model.keras")
+    workspace_train = json.loads((repo / "models" / "mlflow_run.json").read_text())["run_id"]
+    assert client.get_run(workspace_train).data.tags["dvc_model_md5"] == model["md5"]
+    for version in client.search_model_versions("name='mnist_small-cnn'"):
+        trained = client.get_run(version.run_id).data.tags
+        lineage = ("git_commit", "dvc_exp_name", "dvc_model_md5")
+        assert version.tags["git_commit"] and all(version.tags.get(k) == trained.get(k) for k in lineage)

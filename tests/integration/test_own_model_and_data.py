@@ -85,3 +85,15 @@ def test_the_app_trains_the_second_model_on_it_and_predict_reads_images_back(dig
     assert len(lines) == len(sample)
     right = sum(line.startswith(f"{path}: {label} (p=") for line, (path, label) in zip(lines, sample, strict=True))
     assert right >= 0.7 * len(sample), predicted.stdout
+
+
+def test_a_run_of_ten_epochs_has_its_per_epoch_plot(digits_project):
+    """The per-epoch plot is drawn where it is a curve: reports/epochs/history.csv exists for 2+ epochs."""
+    repo, env, _, _ = digits_project
+    shown = subprocess.run(["dvc", "plots", "show", "--json"], cwd=repo, env=env, capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    plot = json.loads(shown.stdout)["data"]["reports/epochs/history.csv"][0]["content"]
+    points = plot["data"]["values"]  # one per epoch and y field (loss, accuracy)
+    assert sorted({int(float(p["epoch"])) for p in points}) == list(range(10)) and len(points) == 20
+    assert plot["title"]["text"] == "per epoch"

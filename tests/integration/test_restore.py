@@ -9,6 +9,7 @@ version is added. In a copy of the project on the small MNIST subset, with real 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,10 @@ def project(tmp_path_factory, mnist_small):
     )
     first = dvc(repo, env, "repro")
     assert "Running stage 'train'" in first.stdout
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)  # the baseline a change report compares with
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "adam, run"], cwd=repo, check=True
+    )
     return repo, env
 
 
@@ -91,7 +96,7 @@ def test_dvc_exp_run_of_a_configuration_already_run_restores_instead_of_retraini
         assert "Running stage 'train'" not in again.stdout
     assert counts(repo) == before
     venv = Path(sys.executable).parent.parent
-    table = subprocess.run(["make", "-s", "exps", f"VENV={venv}"], cwd=repo, env={**env, "COLUMNS": "120"},
+    table = subprocess.run(["make", "-s", "-o", f"{venv}/.installed", "exps", f"VENV={venv}"], cwd=repo, env={**env, "COLUMNS": "120"},
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert table.returncode == 0, table.stderr[-2000:]
     lines = table.stdout.splitlines()
@@ -118,3 +123,32 @@ def test_a_stage_run_by_an_interpreter_without_the_packages_uses_the_projects_or
                          text=True, timeout=120)  # fmt: skip
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert ran.stdout.strip() == f"sqlite:///{repo / 'mlflow.db'}"
+
+
+def test_the_change_report_compares_two_commits_with_different_optimizers(project):
+    """make report BASE=HEAD: the workspace holding an sgd experiment (dvc exp run leaves its commit's outputs
+    there) against the committed adam baseline: the params and metrics diffs, both revisions' plots in one image,
+    a link to each MLflow run, and the gate's rule applied to the two models on the same test images."""
+    repo, env = project
+    dvc(repo, env, "exp", "run", "-S", "optimizer=sgd")  # trained, or restored where the test above ran it
+    venv = Path(sys.executable).parent.parent
+    report = subprocess.run(["make", "-s", "-o", f"{venv}/.installed", "report", "BASE=HEAD", f"VENV={venv}"], cwd=repo, env=env,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    text = (repo / "reports" / "change.md").read_text()
+    assert text.startswith("# Change report: workspace against HEAD")
+    params_diff = text.split("## Params")[1].split("## Metrics")[0]
+    assert re.search(r"\|\s*optimizer\.name\s*\|\s*adam\s*\|\s*sgd\s*\|", params_diff), params_diff
+    metrics_diff = text.split("## Metrics")[1].split("## Plots")[0]
+    assert "test_accuracy" in metrics_diff and "reports/metrics.json" in metrics_diff, metrics_diff
+    png = repo / "reports" / "change.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "](change.png)" in text
+    runs = re.findall(r"/#/experiments/(\d+)/runs/([0-9a-f]{32})\)", text)
+    assert len(runs) == 2 and runs[0][1] != runs[1][1], text
+    assert runs[1][1] == json.loads((repo / "reports" / "mlflow_eval.json").read_text())["run_id"]
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    assert [client.get_run(run_id).data.params["optimizer.name"] for _, run_id in runs] == ["adam", "sgd"]
+    gate = text.split("## The registry gate")[1]
+    assert re.search(r"would (not )?be promoted", gate) and re.search(r"b=\d+ .*c=\d+ .*McNemar p=", gate), gate
+    ignored = subprocess.run(["git", "status", "--porcelain", "reports/"], cwd=repo, capture_output=True, text=True)
+    assert "change." not in ignored.stdout  # the report and its image are ignored by git
