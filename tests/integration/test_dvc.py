@@ -392,7 +392,7 @@ def test_make_ui_lists_the_runs_metrics_and_models_through_its_rest_api(project)
     import urllib.request
 
     from pipeline.server.manage import free_port
-    from tests.integration.test_predict import wait_for
+    from tests.integration.test_serve_contract import wait_for
 
     repo, port, venv = project["repo"], free_port(), Path(sys.executable).parent.parent
     ui = subprocess.Popen(["make", "-o", f"{venv}/.installed", "ui", f"PORT={port}", f"VENV={venv}"], cwd=repo, env=stage_env(Path("/nonexistent")),

@@ -150,7 +150,9 @@ def champion_model(team):
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(team.uri)
     try:
-        return mlflow.pyfunc.load_model(f"models:/{team.small.name}-cnn@champion")
+        from pipeline.tracking import load_keras_model  # the raw network: predict(x) gives probabilities
+
+        return load_keras_model(f"models:/{team.small.name}-cnn@champion")
     finally:
         mlflow.set_tracking_uri(previous)
 
@@ -360,7 +362,7 @@ def test_a_push_to_a_broken_remote_fails_clearly_and_loses_nothing(team, s3, fau
 @pytest.mark.slow
 def test_mlflow_models_serve_resolves_the_champion_through_the_server(team, tmp_path):
     """`make serve` against the team's server: `models:/<name>@champion` is looked up and downloaded through it."""
-    from tests.integration.test_predict import invoke, wait_for
+    from tests.integration.test_serve_contract import wait_for
 
     port = free_port()
     command = [sys.executable, "-m", "pipeline.tracking", "serve", "--host", "127.0.0.1", "--port", str(port)]
@@ -369,8 +371,12 @@ def test_mlflow_models_serve_resolves_the_champion_through_the_server(team, tmp_
     try:
         wait_for(f"http://127.0.0.1:{port}/ping", server)
         x, _ = load_split(team.repo / "data" / "processed", "test")
-        served = invoke(port, x[:5])
-        np.testing.assert_allclose(served, champion_model(team).predict(x[:5]), atol=1e-5)
+        body = json.dumps({"inputs": x[:5].astype(float).tolist()}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
+                                         {"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=120) as response:
+            served = [int(a["label"]) for a in json.loads(response.read())["predictions"]]
+        assert served == list(np.argmax(champion_model(team).predict(x[:5], verbose=0), axis=1))
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=60)
