@@ -42,22 +42,27 @@ def test_the_docs_together_cite_more_than_30_tests():
 
 def _figures() -> list[dict[str, str]]:
     """The rows of docs/performance.md's figures table (the table under "## Figures"), by column name."""
-    section = PERFORMANCE.read_text().split("## Figures", 1)[1].split("\n## ", 1)[0]
+    return table_rows(PERFORMANCE, "## Figures")
+
+
+def table_rows(doc: Path, heading: str) -> list[dict[str, str]]:
+    """The rows of the first Markdown table under ``heading`` in ``doc``, by column name."""
+    section = doc.read_text(encoding="utf-8").split(heading, 1)[1].split("\n## ", 1)[0]
     lines = [line.strip() for line in section.splitlines() if line.strip().startswith("|")]
     cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
     header, rows = cells[0], cells[2:]
     return [dict(zip(header, row, strict=True)) for row in rows]
 
 
-def _numbers(value: object) -> list[float]:
+def numbers(value: object) -> list[float]:
     if isinstance(value, bool):
         return []
     if isinstance(value, int | float):
         return [float(value)]
     if isinstance(value, dict):
-        return [n for v in value.values() for n in _numbers(v)]
+        return [n for v in value.values() for n in numbers(v)]
     if isinstance(value, list):
-        return [n for v in value for n in _numbers(v)]
+        return [n for v in value for n in numbers(v)]
     return []
 
 
@@ -76,7 +81,7 @@ def test_every_figure_in_performance_md_is_in_the_results_file_its_row_names(row
     stamp = re.search(r"(\d{4})(\d{2})(\d{2})-\d{6}", record.name)
     assert stamp and row["date"] == "-".join(stamp.groups()), f"{row['figure']}: dated {row['date']}"
     assert row["command"].startswith("`python benchmarks/"), f"{row['figure']}: no command"
-    known = _numbers(json.loads(record.read_text()))
+    known = numbers(json.loads(record.read_text()))
     quoted = re.findall(r"\d+(?:\.\d+)?", row["value"])
     assert quoted, f"{row['figure']}: no number"
     for number in quoted:

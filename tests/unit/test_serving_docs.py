@@ -9,29 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_readme import numbers, table_rows
+
 ROOT = Path(__file__).resolve().parents[2]
 SERVING = ROOT / "docs" / "serving.md"
 
 
 def _rows() -> list[dict[str, str]]:
     """The rows of the table under "## Speed", by column name."""
-    section = SERVING.read_text(encoding="utf-8").split("## Speed", 1)[1].split("\n## ", 1)[0]
-    lines = [line.strip() for line in section.splitlines() if line.strip().startswith("|")]
-    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
-    header, rows = cells[0], cells[2:]
-    return [dict(zip(header, row, strict=True)) for row in rows]
-
-
-def _numbers(value: object) -> list[float]:
-    if isinstance(value, bool):
-        return []
-    if isinstance(value, int | float):
-        return [float(value)]
-    if isinstance(value, dict):
-        return [n for v in value.values() for n in _numbers(v)]
-    if isinstance(value, list):
-        return [n for v in value for n in _numbers(v)]
-    return []
+    return table_rows(SERVING, "## Speed")
 
 
 def _record(row: dict[str, str]) -> tuple[Path, dict]:
@@ -55,7 +41,7 @@ def test_every_figure_is_in_the_results_file_its_row_names(row):
     assert stamp and row["date"] == "-".join(stamp.groups()), f"{row['figure']}: dated {row['date']}"
     assert row["command"].startswith("`python benchmarks/serving.py"), f"{row['figure']}: no command"
     assert row["CPU"] and row["CPU"].split(",")[0] in record["cpu"], f"{row['figure']}: CPU {row['CPU']}"
-    known = _numbers(record)
+    known = numbers(record)
     quoted = re.findall(r"\d+(?:\.\d+)?", row["value"])
     assert quoted, f"{row['figure']}: no number"
     for number in quoted:
