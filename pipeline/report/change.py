@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import Config, load_params
+from pipeline.config import Config, validate
 from pipeline.core.errors import DataError, UserError
 from pipeline.core.files import atomic_path
 
@@ -71,12 +71,13 @@ def rows(text: str) -> list[dict[str, str]]:
 
 def side(root: Path, rev: str) -> Side:
     """Everything the report needs of one revision, each file from that revision."""
-    import tempfile
+    import yaml
 
-    with tempfile.TemporaryDirectory() as folder:
-        params = Path(folder) / "params.yaml"
-        params.write_text(read_at(root, "params.yaml", rev), encoding="utf-8")
-        cfg = load_params(params)
+    source = f"params.yaml at {rev}"
+    try:
+        cfg = validate(yaml.safe_load(read_at(root, "params.yaml", rev)), source=source)
+    except yaml.YAMLError as exc:
+        raise DataError(f"{source}: not valid YAML: {exc}") from None
     paths = cfg.paths
     try:
         record = json.loads(read_at(root, paths.eval_info, rev))
@@ -108,11 +109,11 @@ def plots(base: Side, head: Side, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (curve, bars) = plt.subplots(1, 2, figsize=(11, 4))
+    metric = head.cfg.metric.value
     for s, colour in ((base, "tab:gray"), (head, "tab:blue")):
-        metric = head.cfg.metric.value
-        steps = [int(r["step"]) for r in s.steps if r.get(metric)]
-        curve.plot(steps, [float(r[metric]) for r in s.steps if r.get(metric)], color=colour, label=s.rev)
-        curve.set(xlabel="training step", ylabel=f"{metric} (running mean over the epoch)", title="training curve")
+        points = [(int(r["step"]), float(r[metric])) for r in s.steps if r.get(metric)]
+        curve.plot([p[0] for p in points], [p[1] for p in points], color=colour, label=s.rev)
+    curve.set(xlabel="training step", ylabel=f"{metric} (running mean over the epoch)", title="training curve")
     classes = [r["class"] for r in head.per_class]
     x = np.arange(len(classes))
     for offset, s, colour in ((-0.2, base, "tab:gray"), (0.2, head, "tab:blue")):
