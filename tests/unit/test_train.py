@@ -226,7 +226,10 @@ def test_auto_precision_takes_bfloat16_only_where_the_probe_finds_it_faster(monk
 
 
 def test_the_probe_times_both_dtypes_of_the_seed_networks_convolution():
-    from pipeline.model.fit import probe_conv_seconds
+    from pipeline.model.fit import cpu_has_bf16, probe_conv_seconds
+
+    if not cpu_has_bf16():  # bf16_is_faster probes only such CPUs: elsewhere oneDNN refuses bfloat16 convolutions
+        pytest.skip("the probe runs only on CPUs with bfloat16 arithmetic (AVX512_BF16 or AMX)")
 
     seconds = probe_conv_seconds(repeats=2)
     assert set(seconds) == {"float32", "bfloat16"} and all(0 < s < 10 for s in seconds.values())
