@@ -31,6 +31,7 @@ import yaml
 
 from pipeline.config import plain
 from pipeline.data.formats import load_split
+from pipeline.tracking.served import MAX_BATCH
 from tests.conftest import copy_repo, stage_env
 from tests.integration.test_run import assert_nowhere, written_files
 
@@ -381,7 +382,9 @@ def test_full_default_pipeline(tmp_path, mirror):
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model(f"models:/{record['model_id']}")
     x, y = load_split(repo / "data" / "processed", "test")
-    assert float((np.asarray(model.predict(x)).argmax(1) == y).mean()) == metrics["test_accuracy"]
+    # the served contract: a list of instances, an answer each, at most MAX_BATCH per call
+    labels = [int(a["label"]) for i in range(0, len(x), MAX_BATCH) for a in model.predict(list(x[i : i + MAX_BATCH]))]
+    assert float((np.array(labels) == y).mean()) == metrics["test_accuracy"]
 
 
 @pytest.mark.slow
@@ -433,7 +436,7 @@ def test_make_ui_lists_the_runs_metrics_and_models_through_its_rest_api(project)
 @pytest.mark.skipif(not shutil.which("chromium"), reason="apt-get install chromium (.ci/run does)")
 def test_the_screenshot_script_renders_the_ui_pages(project, tmp_path):
     """tools/ui_screenshots.py over the scenario's store: the runs list, a sweep compared, a run's pages, the
-    champion's confusion matrix, the DVC plots."""
+    champion's registry version with its model card, its confusion matrix, the DVC plots."""
     from PIL import Image
 
     tool = Path(__file__).resolve().parents[2] / "tools" / "ui_screenshots.py"
@@ -441,7 +444,9 @@ def test_the_screenshot_script_renders_the_ui_pages(project, tmp_path):
                           capture_output=True, text=True, timeout=600, env=stage_env(Path("/nonexistent")))  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     names = {p.stem for p in tmp_path.glob("*.png")}
-    assert names == {"ui-runs", "ui-sweep-compare", "ui-run", "ui-run-metrics", "confusion-matrix", "dvc-plots"}
+    assert names == {
+        "ui-runs", "ui-sweep-compare", "ui-run", "ui-run-metrics", "ui-model-card", "confusion-matrix", "dvc-plots"
+    }  # fmt: skip
     for path in tmp_path.glob("*.png"):
         pixels = np.asarray(Image.open(path).convert("L"), dtype=float)
         assert pixels.std() > 10, f"{path.name} looks blank"  # the page rendered

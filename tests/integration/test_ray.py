@@ -134,14 +134,7 @@ def tracking_server() -> Iterator[str]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-KNOWN_FAILURE = pytest.mark.xfail(
-    reason="open: logging the pyfunc served model from a Ray worker into a tracking server fails inside MLflow's "
-    "type-hint signature inference (AssertionError: type_from_type_hint); the SQLite variant passes",
-    strict=False,
-)
-
-
-@pytest.mark.parametrize("where", [pytest.param("server", marks=KNOWN_FAILURE), "sqlite"])
+@pytest.mark.parametrize("where", ["server", "sqlite"])
 def test_a_sweep_runs_as_ray_tasks_on_both_nodes_under_one_parent_run(
     where,
     request,
