@@ -69,8 +69,8 @@ server-stop: $(VENV)/.installed-server  ## stop what `make server` started: the 
 test: install-dev  ## unit + integration tests (small real subsets of MNIST), the quick suite, in $(TEST_WORKERS) processes
 	pytest -n $(TEST_WORKERS) --dist loadfile
 
-test-faults: install-dev  ## the fault tier (real read-only mounts, a full tmpfs, swapped models, hostile images) and test_faults.py
-	pytest tests/faults tests/integration/test_faults.py
+test-faults: install-dev  ## the fault tier (real read-only mounts, a full tmpfs, swapped models, hostile images, signals): tests/faults and test_faults.py
+	pytest -n $(TEST_WORKERS) --dist loadfile -m "faults and not services and not slow"
 
 test-services: install-dev  ## tests that start servers, clusters or devices: the team set-up, Ray, MirroredStrategy
 	pytest -m "services and not slow"
@@ -81,7 +81,7 @@ test-unit: install-dev  ## unit tests: synthetic arrays, in-process, seconds
 test-slow: install-dev  ## full-data tests: the default pipeline end to end, serving, the UI
 	pytest -m slow
 
-test-all: test test-services test-slow  ## everything CI runs
+test-all: test test-faults test-services test-slow  ## everything CI runs
 
 lint: install-dev  ## ruff (lint and format check) and mypy, as CI runs them
 	ruff check .

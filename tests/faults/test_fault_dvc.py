@@ -23,6 +23,9 @@ from pipeline.config import plain
 from tests.conftest import copy_repo, stage_env
 from tests.faults.test_fault_matrix import mounted
 
+# The fault tier: `make test-faults` (and CI), outside `make test`, the quick suite.
+pytestmark = pytest.mark.faults
+
 
 def dvc(repo: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=300)

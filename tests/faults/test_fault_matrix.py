@@ -26,6 +26,9 @@ from pipeline.config import to_dict
 from pipeline.stages import train
 from tests.conftest import stage_env
 
+# The fault tier: `make test-faults` (and CI), outside `make test`, the quick suite.
+pytestmark = pytest.mark.faults
+
 
 def stage(name: str, folder: Path, *args: str, module: str | None = None) -> subprocess.CompletedProcess:
     """``python -m pipeline.stages.<name>`` (or ``module``) run in ``folder``, as DVC runs it."""

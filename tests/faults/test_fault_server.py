@@ -37,6 +37,9 @@ from pipeline.tracking import store as tracking_store
 from tests.conftest import stage_env
 from tests.faults.test_fault_matrix import one_clear_line, write_params
 
+# The fault tier: `make test-faults` (and CI), outside `make test`, the quick suite.
+pytestmark = pytest.mark.faults
+
 #: The tests that start a real ``mlflow server`` (tens of seconds here): ``make test-services``, as the team's.
 SERVICES = pytest.mark.services
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection", "upgrade"}

@@ -31,6 +31,9 @@ from pipeline.model.score import load_model
 from pipeline.stages.evaluate import evaluate
 from tests.conftest import ROOT, stage_env
 
+# The fault tier: `make test-faults` (and CI), outside `make test`, the quick suite.
+pytestmark = pytest.mark.faults
+
 PAYLOAD = b"the real content " * 100
 SPEC = FileSpec(file="f.gz", sha256=hashlib.sha256(PAYLOAD).hexdigest(), size=len(PAYLOAD))
 

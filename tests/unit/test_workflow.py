@@ -15,6 +15,7 @@ def test_the_workflow_parses_and_runs_lint_tests_and_the_change_report():
     workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
     jobs = workflow["jobs"]
     assert "make lint" in steps(jobs["lint-and-test"]) and "make test" in steps(jobs["lint-and-test"])
+    assert "make test-faults" in steps(jobs["lint-and-test"])  # the fault tier is not in make test
     report = steps(jobs["report"])
     assert jobs["report"]["if"] == "github.event_name == 'pull_request'"
     assert 'make report BASE="$BASE"' in report and "$GITHUB_STEP_SUMMARY" in report
