@@ -33,6 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from records import cpu_model  # noqa: E402
+
 from pipeline.core.timing import read_reports  # noqa: E402
 
 SEED_SCRIPT = ROOT / "benchmarks" / "seed_mnist.py"
@@ -176,11 +178,6 @@ def breakdown(rows: list[dict]) -> dict[str, dict[str, float]]:
                 phases.setdefault(k, []).append(v)
         result[stage] = {k: round(statistics.median(v), 2) for k, v in phases.items()}
     return result
-
-
-def cpu_model() -> str:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "?")
 
 
 def main() -> None:

@@ -22,8 +22,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from records import cpu_model, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -57,11 +58,6 @@ print(json.dumps({{
     "precision": result.precision,
 }}))
 """
-
-
-def cpu_model() -> str:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "?")
 
 
 def main() -> None:
@@ -106,9 +102,7 @@ def main() -> None:
         "cores": os.cpu_count(),
     }
     print(json.dumps(summary, indent=2))
-    out = ROOT / "benchmarks" / "results" / f"fast-accuracy-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"summary": summary, "seeds": rows}, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    write_record("fast-accuracy", {"summary": summary, "seeds": rows})
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from records import write_record
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -48,10 +50,8 @@ def main() -> None:
         record["install_dev_s"] = timed(["make", "install-dev"], clone, env)
         record["install_dev_mb"] = size_mb(clone / ".venv")
         record["smoke_s"] = timed(["make", "smoke"], clone, env)
-    out = ROOT / "benchmarks" / "results" / f"first-hour-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
-    print(f"wrote {out.relative_to(ROOT)}")
+    write_record("first-hour", record)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from records import write_record
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -107,10 +109,8 @@ def main() -> None:
             "ratio_cpu_median": round(median("pipeline", "cpu_s") / median("peer", "cpu_s"), 3),
         },
     }
-    out = ROOT / "benchmarks" / "results" / f"first-run-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record["summary"], indent=2))
-    print(f"wrote {out.relative_to(ROOT)}")
+    write_record("first-run", record)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from first_hour import ROOT, size_mb, timed  # the same timing and size, measured the same way
+from records import write_record
 
 
 def main() -> None:
@@ -42,10 +43,8 @@ def main() -> None:
         record["install_server_s"] = timed(["make", ".venv/.installed-server"], clone, env)
         record["install_server_mb"] = size_mb(clone / ".venv")
     record["load_average_1min_after"] = round(os.getloadavg()[0], 2)  # other work on the machine slows installs
-    out = ROOT / "benchmarks" / "results" / f"footprints-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
-    print(f"wrote {out.relative_to(ROOT)}")
+    write_record("footprints", record)
 
 
 if __name__ == "__main__":

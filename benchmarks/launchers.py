@@ -20,7 +20,6 @@ Run: ``python benchmarks/launchers.py --rounds 3 train.subset=2000``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import shutil
@@ -32,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import ROOT, env, prepare_repo, timed
+from records import write_record
 
 sys.path.insert(0, str(ROOT))
 from pipeline.server.manage import free_port
@@ -100,9 +100,7 @@ def main() -> None:
         "median_seconds": medians,
         "extra_seconds_per_job_vs_basic": extra,
     }
-    out = ROOT / "benchmarks" / "results" / f"launchers-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    write_record("launchers", result)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from records import cpu_model, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -82,11 +83,6 @@ def run(name: str, args: argparse.Namespace) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def cpu_model() -> str:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "?")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
@@ -132,9 +128,7 @@ def main() -> None:
         "cores": os.cpu_count(),
     }
     print(json.dumps(summary, indent=2))
-    written = ROOT / "benchmarks" / "results" / f"precision-isa-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    written.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {written.relative_to(ROOT)}")
+    write_record("precision-isa", record)
 
 
 if __name__ == "__main__":

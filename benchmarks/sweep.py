@@ -24,7 +24,6 @@ Run: ``python benchmarks/sweep.py --rounds 2`` (about 12 minutes a round on 2 co
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -35,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import ROOT, children_cpu, env, prepare_repo, run_seed, timed
+from records import cpu_model, write_record
 
 SWEEP = "optimizer=sgd,rmsprop,adam"
 ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
@@ -108,14 +108,7 @@ def main() -> None:
         "started": started,
         "command": " ".join(["python", "benchmarks/sweep.py", f"--rounds={args.rounds}"]),
         "sweep": SWEEP,
-        "cpu": next(
-            (
-                ln.split(":")[1].strip()
-                for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")
-            ),
-            "",
-        ),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "order": "rotated per round",
         "rounds": rows,
@@ -123,9 +116,7 @@ def main() -> None:
         "median": medians,
         "median_ratio_vs_seed_x3": ratios,
     }
-    out = ROOT / "benchmarks" / "results" / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    write_record("sweep", result)
 
 
 if __name__ == "__main__":
