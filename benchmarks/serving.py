@@ -16,14 +16,16 @@ What it does, all on 127.0.0.1 with bounded load (a fixed number of requests, a 
    - single-image latency: ``--requests`` requests one at a time per kind of payload, the same test images as
      JSON numbers (``{"inputs": [x.tolist()]}``), as ``.npy`` files (``{"inputs": [{"npy": ...}]}``) and as PNG
      files (``{"inputs": [{"image": ...}]}``);
-   - throughput: ``--batches`` requests of 100 images, ``--concurrency`` at a time, as JSON numbers and as
-     ``.npy`` files: images/s;
+   - throughput: ``--batches`` requests of 100 images, ``--concurrency`` at a time, as JSON numbers (shaped
+     ``(100, 28, 28, 1)``, and ``(100, 28, 28)`` without the channel's axis: ``json_hw``) and as ``.npy`` files:
+     images/s;
    - the bare call in this process on the same images: the Keras model called eagerly (``model(x)``) and its
      traced forward pass (:func:`pipeline.model.inference.traced`, what the served model runs); for the PNG, the
      preparation (:func:`pipeline.data.imageprep.prepare_image`) then the traced call;
 
 3. where a served request's time goes, in this process: ``json.loads`` of the body, the pyfunc's ``predict``
-   (checks, conversion, forward pass, answer) and its forward pass alone.
+   (checks, conversion, forward pass, answer), its forward pass alone, and MLflow's scoring server's handling of
+   the same body (``mlflow.pyfunc.scoring_server.invocations``: what ``/invocations`` runs, less HTTP).
 
 Latency: the median of the rounds' p50, the p99 of all requests; throughput: the median of the rounds'. The
 differences and ratios (medians over rounds of each round's) compare with the traced bare call, the faster one.
@@ -239,14 +241,20 @@ def breakdown(model_id: str, store: Path, bodies: dict[str, list[bytes]]) -> dic
     """Where a request's time goes, in this process: JSON parsing, and the pyfunc's predict (checks, conversion,
     the forward pass, the answer) against its forward pass alone."""
     import mlflow
+    from mlflow.pyfunc import scoring_server
 
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
     pyfunc = mlflow.pyfunc.load_model(f"models:/{model_id}")
     model = pyfunc.unwrap_python_model()
+    schema = pyfunc.metadata.get_input_schema()
     out = {}
     for name, requests in bodies.items():
-        parse, predict, forward = [], [], []
+        parse, predict, forward, server = [], [], [], []
         for body in requests:
+            start = time.perf_counter()  # the server's whole handling of the body, less HTTP: parsing, predict, answer
+            answer = scoring_server.invocations(body, "application/json", pyfunc, schema)
+            server.append(time.perf_counter() - start)
+            assert answer.status == 200, answer.response[:300]
             start = time.perf_counter()
             instances = json.loads(body)["inputs"]
             parse.append(time.perf_counter() - start)
@@ -262,6 +270,7 @@ def breakdown(model_id: str, store: Path, bodies: dict[str, list[bytes]]) -> dic
             "json_loads_ms": round(float(np.median(parse)) * 1e3, 2),
             "pyfunc_predict_ms": round(float(np.median(predict)) * 1e3, 2),
             "forward_ms": round(float(np.median(forward)) * 1e3, 2),
+            "server_invocations_ms": round(float(np.median(server)) * 1e3, 2),
         }
     return out
 
@@ -287,8 +296,9 @@ def main() -> None:
         "png": [json.dumps({"inputs": [{"image": s}]}).encode() for s in pngs],
         "npy": [json.dumps({"inputs": [{"npy": npy(x[i])}]}).encode() for i in range(args.requests)],
     }
-    batches = {  # 100 images a request
+    batches = {  # 100 images a request; "json_hw": the same numbers without the one channel's axis
         "json": [json.dumps({"inputs": c.tolist()}).encode() for c in chunks],
+        "json_hw": [json.dumps({"inputs": c[..., 0].tolist()}).encode() for c in chunks],
         "npy": [json.dumps({"inputs": [{"npy": npy(image)} for image in c]}).encode() for c in chunks],
     }
     record: dict = {

@@ -63,6 +63,7 @@ def test_the_goals_the_page_states_follow_from_the_results():
     verdicts = {
         "latency goal": served["single_json_p50_minus_bare_ms"] <= 10,
         "throughput goal, JSON numbers": served["batched_json_ratio_to_bare"] >= 0.5,
+        "throughput goal, JSON numbers without the channel's axis": served["batched_json_hw_ratio_to_bare"] >= 0.5,
         "throughput goal, .npy files": served["batched_npy_ratio_to_bare"] >= 0.5,
     }
     for goal, met in verdicts.items():
