@@ -21,6 +21,8 @@ SERVER_ARGS ?=
 SWEEP ?= optimizer=sgd,rmsprop,adam
 # make test: pytest-xdist worker processes, each taking whole test files (a module's fixture runs once). Two
 # suit 2 cores: much of the suite is single-threaded process start-up (imports), which two workers overlap.
+# --no-loadscope-reorder: files in collection order, the long integration scenarios first and the unit tests
+# last to fill the gaps (xdist's default orders by number of tests, which left a 60 s file to run alone last).
 TEST_WORKERS ?= 2
 
 .PHONY: install install-dev smoke exps report docs run ui sweep predict serve server server-stop test test-unit test-faults test-services test-slow test-all lint format params clean
@@ -67,7 +69,7 @@ server-stop: $(VENV)/.installed-server  ## stop what `make server` started: the 
 	python -m pipeline.server stop --state-dir $(SERVER_STATE)
 
 test: install-dev  ## unit + integration tests (small real subsets of MNIST), the quick suite, in $(TEST_WORKERS) processes
-	pytest -n $(TEST_WORKERS) --dist loadfile
+	pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-faults: install-dev  ## the fault tier (real read-only mounts, a full tmpfs, swapped models, hostile images, signals): tests/faults and test_faults.py
 	pytest -n $(TEST_WORKERS) --dist loadfile -m "faults and not services and not slow"

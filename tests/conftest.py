@@ -12,12 +12,15 @@ point ``DATA_MIRROR`` at a folder.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import functools
 import math
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -41,6 +44,20 @@ def _absl_logs_to_the_real_stderr() -> None:
 
 
 _absl_logs_to_the_real_stderr()
+
+
+def _one_tensorflow_thread_per_worker() -> None:
+    """Under pytest-xdist with several workers (``make test``: two on two cores), each TensorFlow process (this
+    worker, and every stage it starts, which inherit the environment) runs one intra-op and one inter-op thread
+    instead of one per core each: the workers already keep the cores busy, and pools of both sizes contending
+    for them cost time (docs/testing.md). Numbers stay within every test's tolerance; a test comparing two
+    trainings runs both under one setting."""
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+        os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+
+
+_one_tensorflow_thread_per_worker()
 #: The config's paths a test redirects into its tmp_path: every output (the rest are the session's data).
 OUTPUT_PATHS = JOB_OUTPUTS
 
@@ -182,6 +199,27 @@ def config_in(tmp_path: Path, *overrides: str) -> Config:
     return cfg
 
 
+@functools.cache
+def _empty_store() -> Path:
+    """An MLflow SQLite store with nothing in it but its tables, made once per test process: a new store runs
+    MLflow's schema migrations, about 1.5 s of CPU, and most integration tests start from a new one."""
+    import mlflow
+
+    folder = Path(tempfile.mkdtemp(prefix="empty-mlflow-store-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = folder / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()  # creates the tables
+    return path
+
+
+def new_store(path: Path) -> str:
+    """The URI of a SQLite store at ``path``: a copy of :func:`_empty_store` unless one is there already (a test
+    composing two configs in one folder shares their store)."""
+    if not path.exists():
+        shutil.copyfile(_empty_store(), path)
+    return f"sqlite:///{path}"
+
+
 @pytest.fixture
 def make_config(tmp_path) -> Callable[..., Config]:
     """A config and nothing else (no data: tests that need only a config never touch MNIST)."""
@@ -190,11 +228,13 @@ def make_config(tmp_path) -> Callable[..., Config]:
 
 @pytest.fixture
 def make_cfg(tmp_path, mnist_small) -> Callable[..., Config]:
-    """:func:`config_in` on the small real subset of MNIST, prepared: for tests that train or evaluate."""
+    """:func:`config_in` on the small real subset of MNIST, prepared, and its store made (:func:`new_store`): for
+    tests that train or evaluate."""
     dataset, prepared = mnist_small
 
     def make(*overrides: str) -> Config:
         cfg = config_in(tmp_path, *overrides)
+        cfg.tracking.uri = new_store(tmp_path / "mlflow.db")
         cfg.dataset = dataclasses.replace(dataset)
         p = cfg.paths
         p.raw_dir, p.processed_dir, p.data_cache = str(prepared.raw_dir), str(prepared.processed_dir), str(data_cache())
@@ -209,7 +249,11 @@ def repo_copy(tmp_path) -> Path:
     return copy_repo(tmp_path / "repo")
 
 
-def copy_repo(dest: Path) -> Path:
+def copy_repo(dest: Path, *, exports: bool = False, store: bool = False) -> Path:
+    """The project's tracked files in a fresh git repo at ``dest``, as a clone has them; unless ``exports``, with
+    ``registry.export: []`` in conf/ and params.yaml alike (as :func:`config_in` composes it), so a promotion in a
+    test not about them skips the TF-Lite and ONNX files (about 5 s of a stage process each); with ``store``, its
+    default store (``mlflow.db``) already made (:func:`new_store`), for a scenario that does not test a new one."""
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=ROOT,
@@ -221,6 +265,16 @@ def copy_repo(dest: Path) -> Path:
         if (ROOT / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, dest / name)
+    if not exports:
+        for name, listed in (
+            ("conf/config.yaml", "export: [tflite, onnx]"),
+            ("params.yaml", "export:\n  - tflite\n  - onnx"),
+        ):
+            text = (dest / name).read_text()
+            assert listed in text, f"{name}: registry.export is no longer {listed!r}"
+            (dest / name).write_text(text.replace(listed, "export: []", 1))
+    if store:
+        new_store(dest / "mlflow.db")  # ignored by git, as a user's is
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True)

@@ -83,7 +83,9 @@ def add_datasets(repo: Path, *datasets) -> None:
 def project(tmp_path_factory, mirror, mnist_small, fashion_small):
     """Run the scenario once, on the small real subsets; return what the tests inspect."""
     small, _ = mnist_small
-    repo = copy_repo(tmp_path_factory.mktemp("project") / "repo")
+    repo = copy_repo(
+        tmp_path_factory.mktemp("project") / "repo", exports=True, store=True
+    )  # each champion's files: checked
     add_datasets(repo, *[d for d in (small, fashion_small) if d is not None])
     served = Path(small.mirrors[0]).parent  # mirrors/mnist_small/, mirrors/fashion_small/
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(MirrorHandler, directory=str(served)))
@@ -367,7 +369,7 @@ def test_no_credential_reaches_anything_written_or_printed(project):
 @pytest.mark.slow
 def test_full_default_pipeline(tmp_path, mirror):
     """`make run`'s `dvc repro` with the seed's defaults on all 60,000 images: >= 0.98, reproduced by pyfunc."""
-    repo = copy_repo(tmp_path / "repo")
+    repo = copy_repo(tmp_path / "repo", exports=True)  # the default pipeline, as a user runs it
     start = time.perf_counter()
     proc = dvc(repo, stage_env(mirror), "repro")
     assert ran(proc) == ["download", "preprocess", "train", "evaluate"]

@@ -185,7 +185,7 @@ def test_the_dvc_stage_exports_after_its_scoring_child(tmp_path, mirror, mnist_s
     from pipeline.stages import train as train_stage
 
     dataset, prepared = mnist_small
-    repo = copy_repo(tmp_path / "repo")
+    repo = copy_repo(tmp_path / "repo", exports=True)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["dataset"] = plain(dataset)
     params["paths"]["processed_dir"] = str(prepared.processed_dir)

@@ -146,4 +146,6 @@ def test_stage_functions_need_no_mlflow_run_and_same_seed_same_model(make_cfg, t
         "per_class.csv",
         "confusion.csv",
     ]
-    assert not (tmp_path / "mlflow.db").exists() and mlflow.active_run() is None
+    client = mlflow.MlflowClient(cfg.tracking.uri)  # the test's store, made empty: still empty
+    assert [e.name for e in client.search_experiments()] == ["Default"] and mlflow.active_run() is None
+    assert not client.search_runs(["0"]) and not client.search_logged_models(experiment_ids=["0"])

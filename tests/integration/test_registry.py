@@ -20,7 +20,7 @@ import pytest
 from pipeline import tracking
 from pipeline.config import RegistryConfig, TrackingConfig, compose, validate
 from pipeline.tracking import registry
-from tests.conftest import ROOT
+from tests.conftest import ROOT, new_store
 
 LABELS = np.arange(1000) % 10
 
@@ -72,7 +72,7 @@ def run_gate(uri: str, cfg: RegistryConfig, accuracy: float, seed: int) -> regis
 
 @pytest.fixture
 def uri(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return new_store(tmp_path / "mlflow.db")
 
 
 def champion_version(uri: str, name: str) -> str:

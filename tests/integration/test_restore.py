@@ -43,7 +43,7 @@ def counts(repo: Path) -> tuple[int, int]:
 def project(tmp_path_factory, mnist_small):
     """The project on the small subset (conf/ itself says so, as `dvc exp run` recomposes it), run once."""
     small, _ = mnist_small
-    repo = copy_repo(tmp_path_factory.mktemp("restore") / "repo")
+    repo = copy_repo(tmp_path_factory.mktemp("restore") / "repo", store=True)
     (repo / "conf" / "dataset" / "mnist_small.yaml").write_text(yaml.safe_dump(plain(small)))
     config = repo / "conf" / "config.yaml"
     config.write_text(config.read_text().replace("  - dataset: mnist ", "  - dataset: mnist_small "))

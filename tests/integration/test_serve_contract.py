@@ -143,6 +143,8 @@ def test_a_batch_of_arrays_answers_as_the_keras_model(served):
     assert np.allclose(got, probs.max(axis=1), atol=1e-5)
     status, body = post(port, {"inputs": [{"npy": npy(image)} for image in x[:8]]})  # the same, as .npy files
     assert status == 200 and labels(body) == answers(probs)
+    status, body = post(port, {"inputs": x[:8, ..., 0].tolist()})  # the same, without the one channel's axis
+    assert status == 200 and labels(body) == answers(probs)
 
 
 def test_a_batch_of_photographed_and_clean_images_answers_as_predict_prepares_them(served):
