@@ -71,18 +71,8 @@ def main() -> None:
     load: dict[str, list[float]] = {name: [] for name in schedules}
     names = list(schedules)
     try:
-        timed(
-            [
-                sys.executable,
-                "-m",
-                "pipeline.run",
-                "tracking.log_model=false",
-                "train.subset=1",
-                "registry.enabled=false",
-            ],
-            repo,
-            e,
-        )  # fmt: skip  (the data prepared once)
+        prepare = ["tracking.log_model=false", "train.subset=1", "registry.enabled=false"]
+        timed([sys.executable, "-m", "pipeline.run", *prepare], repo, e)  # the data prepared once
         for i in range(args.rounds):
             for name in names[i % len(names) :] + names[: i % len(names)]:
                 if schedules[name] is None:

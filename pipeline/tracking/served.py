@@ -6,9 +6,10 @@ Consumes, in its ``predict`` (``mlflow models serve``'s ``/invocations``, ``mlfl
 - images: ``{"image": "<a PNG or JPEG file, base64>"}`` each, prepared by
   :func:`pipeline.data.imageprep.prepare_image`, the function ``pipeline.predict`` runs;
 - arrays: the network's own input, each ``(28, 28, 1)`` (the logged shape, from the training example) float32 in
-  [0, 1]: JSON numbers (for one channel also ``(28, 28)``, without the channel's one-number lists: four times
-  quicker to parse), or ``{"npy": "<a .npy file, base64>"}`` (``numpy.save``: ten times cheaper to parse
-  than JSON numbers, ``benchmarks/serving.py``), or, in Python, float32 NumPy arrays (``list(x)`` of a batch).
+  [0, 1]: JSON numbers (for one channel also ``(28, 28)``, without the channel's one-number lists: about 2.5
+  times quicker to parse), or ``{"npy": "<a .npy file, base64>"}`` (``numpy.save``: far cheaper to parse than
+  JSON numbers), or, in Python, float32 NumPy arrays (``list(x)`` of a batch). The costs are measured by
+  ``benchmarks/serving.py`` (docs/serving.md, "Speed").
 
 REST: ``{"inputs": [<instance>, ...]}``. The type hint ``list[Any]`` gives the model MLflow's type-hint signature,
 so the server hands the JSON list over as it is and a request without ``inputs`` gets MLflow's one-line error.

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from tests.conftest import stage_env
+from tests.integration.conftest import store
 
 CLASSES = [str(d) for d in range(10)]
 
@@ -63,12 +64,7 @@ def test_the_app_trains_the_second_model_on_it_and_predict_reads_images_back(dig
     )  # fmt: skip
     assert app.returncode == 0, app.stdout[-4000:] + app.stderr[-4000:]
     assert re.search(r"test_accuracy 0\.[89]\d+|test_accuracy 1\.0", app.stdout + app.stderr)
-    import mlflow
-
-    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-    runs = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()], "params.`model.name` = 'resnet_small'"
-    )
+    runs = [r for r in store(repo)[1] if r.data.params.get("model.name") == "resnet_small"]
     assert len(runs) == 1 and runs[0].data.metrics["test_accuracy"] >= 0.8  # the second architecture, trained
     assert runs[0].data.tags["dataset"] == "sk_digits" and runs[0].info.status == "FINISHED"
     sample = images[::180][:10]

@@ -34,6 +34,13 @@ class Network:
         return probs
 
 
+@pytest.fixture(autouse=True)
+def _unfrozen():
+    """Loading freezes the heap (gc.freeze): each test gives this worker's heap back to the collector."""
+    yield
+    gc.unfreeze()
+
+
 def served(tmp_path: Path) -> ServedModel:
     weights = tmp_path / "model.keras"
     weights.write_bytes(b"the network's bytes")
