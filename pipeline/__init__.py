@@ -29,7 +29,9 @@ def _project_interpreter() -> None:
         return
     venv = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
     command = sys.orig_argv[sys.orig_argv.index("-m") :] if "-m" in sys.orig_argv else []
-    if venv.is_file() and Path(sys.executable).resolve() != venv.resolve() and command:
+    # Not the venv already: its python may be a link to this very binary (a venv made by /usr/bin/python3), so
+    # the prefix tells, not the executable's path.
+    if venv.is_file() and Path(sys.prefix).resolve() != venv.parent.parent.resolve() and command:
         os.execv(venv, [str(venv), *command])
     print(
         f"error: {sys.executable} lacks the project's packages (omegaconf, TensorFlow, MLflow...): run `make run`, "

@@ -211,6 +211,24 @@ def _stream(url: str, dest: Path, timeout: float) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
+def _escapes(name: str) -> bool:
+    """An archive member's path (or a link's target) that is absolute or climbs out with ``..``."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    return name.startswith(("/", "\\")) or bool(parts and ":" in parts[0]) or ".." in parts
+
+
+def _tar_members(tf: tarfile.TarFile, label: str) -> list[tarfile.TarInfo]:
+    """The members of ``tf``, each checked as tarfile's ``data`` filter checks it, for a Python without the
+    filters (before 3.11.4, e.g. Debian 12's 3.11.2): no absolute or ``..`` paths, no link out, no device."""
+    members = tf.getmembers()
+    for member in members:
+        if _escapes(member.name) or ((member.issym() or member.islnk()) and _escapes(member.linkname)):
+            raise DataError(f"{label}: archive member {member.name!r} has an absolute path or '..' (refused)")
+        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+            raise DataError(f"{label}: archive member {member.name!r} is a device or FIFO (refused)")
+    return members
+
+
 def _extract(archive: Path, dest: Path, label: str) -> None:
     """Extract a .tar.gz/.tgz (tarfile's ``data`` filter: no absolute paths, ``..``, links out or devices) or a
     .zip (refusing absolute paths and ``..``) into ``dest``."""
@@ -219,13 +237,15 @@ def _extract(archive: Path, dest: Path, label: str) -> None:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
                 for name in zf.namelist():
-                    parts = PurePosixPath(name.replace("\\", "/")).parts
-                    if name.startswith(("/", "\\")) or (parts and ":" in parts[0]) or ".." in parts:
+                    if _escapes(name):
                         raise DataError(f"{label}: archive member {name!r} has an absolute path or '..' (refused)")
                 zf.extractall(dest)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
-                tf.extractall(dest, filter="data")
+                if hasattr(tarfile, "data_filter"):  # Python 3.11.4 and later
+                    tf.extractall(dest, filter="data")
+                else:
+                    tf.extractall(dest, members=_tar_members(tf, label))
         else:
             raise DataError(f"{label}: not a .tar.gz, .tgz or .zip archive")
     except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:

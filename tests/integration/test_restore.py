@@ -123,6 +123,16 @@ def test_a_stage_run_by_an_interpreter_without_the_packages_uses_the_projects_or
                          text=True, timeout=120)  # fmt: skip
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert ran.stdout.strip() == f"sqlite:///{repo / 'mlflow.db'}"
+    # A .venv made by that very interpreter (Debian's python3 -m venv): its bin/python links to the same binary,
+    # so only the prefix tells the two apart. Its packages: the project venv's, through a .pth file.
+    (repo / ".venv").unlink()
+    subprocess.run([str(system), "-m", "venv", "--without-pip", str(repo / ".venv")], check=True, timeout=120)
+    site = next((repo / ".venv" / "lib").glob("python3*/site-packages"))
+    (site / "project.pth").write_text("".join(f"{p}\n" for p in sys.path if p.endswith("site-packages")))
+    ran = subprocess.run([str(system), "-m", "pipeline.tracking", "uri"], cwd=repo, env=env, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert ran.stdout.strip() == f"sqlite:///{repo / 'mlflow.db'}"
 
 
 def test_the_change_report_compares_two_commits_with_different_optimizers(project):

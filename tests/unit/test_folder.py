@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import io
 import logging
+import re
 import shutil
 import tarfile
 import zipfile
@@ -155,6 +156,41 @@ def test_a_url_without_sha256_is_a_config_error(tmp_path):
     url, _ = make_archive(tmp_path, "zip")
     with pytest.raises(ConfigError, match=r"dataset\.sha256"):
         folder.fetch_source(folder_dataset(url), tmp_path / "raw", env={})
+
+
+TAR_REFUSED = ["../escape.png", "link -> ../../escape.png", "link -> /etc/passwd", "fifo"]
+
+
+@pytest.mark.parametrize(
+    ("filters", "member"),
+    [(True, m) for m in TAR_REFUSED]
+    # the data filter extracts an absolute name inside the folder, its slash stripped; the fallback refuses it
+    + [(False, m) for m in [*TAR_REFUSED, "/tmp/escape.png"]],
+    ids=lambda v: {True: "data filter", False: "no filters"}.get(v, v) if isinstance(v, bool) else v,
+)
+def test_a_tar_member_outside_the_folder_or_not_a_file_is_refused(tmp_path, monkeypatch, filters, member):
+    """On Pythons before 3.11.4 (Debian 12's 3.11.2) tarfile has no extraction filters: the pipeline's own
+    check refuses the same members (and absolute names)."""
+    if not filters:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    elif not hasattr(tarfile, "data_filter"):
+        pytest.skip("this Python's tarfile has no data filter")
+    path = tmp_path / "evil.tar.gz"
+    with tarfile.open(path, "w:gz") as tf:
+        name, _, target = member.partition(" -> ")
+        info = tarfile.TarInfo(name)
+        if target:
+            info.type, info.linkname = tarfile.SYMTYPE, target
+        elif name == "fifo":
+            info.type = tarfile.FIFOTYPE
+        else:
+            info.size = 1
+        tf.addfile(info, io.BytesIO(b"x") if info.size else None)
+    dataset = folder_dataset(path.as_uri(), sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    with pytest.raises(DataError, match=rf"^{re.escape(path.as_uri())}: "):
+        folder.fetch_source(dataset, tmp_path / "raw", env={})
+    assert not (tmp_path / "escape.png").exists() and not (tmp_path / "raw").exists()
+    assert not Path("/tmp/escape.png").exists()
 
 
 def test_a_zip_member_outside_the_folder_is_refused(tmp_path):
