@@ -4,16 +4,17 @@ Consumes: this checkout (cloned into a temporary folder per round, so nothing he
 (the four MNIST .gz files, for both sides). Produces ``benchmarks/results/first-run-<date>-<time>.json``: per
 round, alternating A B / B A, the wall and CPU seconds of
 
-- **A, the pipeline**: ``make run`` in a fresh clone: its install (``.[cpu]``) and ``dvc repro`` (download,
-  preprocess, train, evaluate, the gate, every run in MLflow);
+- **A, the pipeline**: ``make run`` in a fresh clone of HEAD (commit first what you measure), timed in its two
+  parts: ``make install`` (``.[cpu]``, by the Makefile's ``INSTALLER``: uv, or ``--installer pip``) and
+  ``dvc repro`` (download, preprocess, train, evaluate, the gate, every run in MLflow);
 - **B, the peer**: a fresh ``.venv`` in the same kind of folder, ``pip install tensorflow-cpu`` (the version
   this project's install picks, so both sides train on the same kernels) and the seed script
   (``benchmarks/seed_mnist.py``: one epoch, batch 32, all 60,000 images, no tracking);
 
-and the medians with their ratio A / B. pip's download cache is this machine's for both sides (warm after the
-first round): the figure is install and training, not download speed.
+and the medians with their ratio A / B. The download caches (pip's, uv's) are this machine's for both sides
+(warm after the first round): the figure is install and training, not download speed.
 
-Run: ``python benchmarks/first_run.py [--rounds 4]``.
+Run: ``python benchmarks/first_run.py [--rounds 4] [--installer uv|pip]``.
 """
 
 from __future__ import annotations
@@ -48,11 +49,18 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]
     return round(wall, 1), round(cpu, 1)
 
 
-def pipeline(tmp: Path, env: dict[str, str]) -> dict[str, float]:
+def pipeline(tmp: Path, env: dict[str, str], installer: str) -> dict[str, float]:
+    """``make run``, timed as its two parts: ``make install`` (what ``make run`` does first), then ``make run``."""
     clone = tmp / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    wall, cpu = timed(["make", "run"], clone, env)
-    return {"wall_s": wall, "cpu_s": cpu}
+    steps = [["make", "install", f"INSTALLER={installer}"], ["make", "run", f"INSTALLER={installer}"]]
+    (install_wall, run_wall), (install_cpu, run_cpu) = zip(*(timed(cmd, clone, env) for cmd in steps), strict=True)
+    return {
+        "wall_s": round(install_wall + run_wall, 1),
+        "cpu_s": round(install_cpu + run_cpu, 1),
+        "install_wall_s": install_wall,
+        "repro_wall_s": run_wall,
+    }
 
 
 def peer(tmp: Path, env: dict[str, str], tensorflow: str) -> dict[str, float]:
@@ -72,6 +80,9 @@ def peer(tmp: Path, env: dict[str, str], tensorflow: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument(
+        "--installer", choices=("uv", "pip"), default="uv", help="the Makefile's INSTALLER (its default: uv)"
+    )
     args = parser.parse_args()
     if not os.environ.get("DATA_MIRROR"):
         sys.exit("set DATA_MIRROR to a folder holding the four MNIST .gz files")
@@ -84,7 +95,9 @@ def main() -> None:
         result: dict[str, object] = {"order": "".join("AB"[order.index(s)] for s in ("pipeline", "peer"))}
         for side in order:
             with tempfile.TemporaryDirectory() as tmp:
-                result[side] = pipeline(Path(tmp), env) if side == "pipeline" else peer(Path(tmp), env, tensorflow)
+                result[side] = (
+                    pipeline(Path(tmp), env, args.installer) if side == "pipeline" else peer(Path(tmp), env, tensorflow)
+                )
         result["load_average_1min"] = os.getloadavg()[0]
         rounds.append(result)
         print(json.dumps(result), flush=True)
@@ -94,7 +107,8 @@ def main() -> None:
 
     record = {
         "benchmark": "first-run",
-        "command": f"python benchmarks/first_run.py --rounds {args.rounds}",
+        "command": f"python benchmarks/first_run.py --rounds {args.rounds} --installer {args.installer}",
+        "installer": args.installer,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "cpu": subprocess.run(["grep", "-m1", "model name", "/proc/cpuinfo"], capture_output=True, text=True)
         .stdout.split(":")[-1]
@@ -104,6 +118,8 @@ def main() -> None:
         "rounds": rounds,
         "summary": {
             "pipeline_wall_s_median": median("pipeline", "wall_s"),
+            "pipeline_install_wall_s_median": median("pipeline", "install_wall_s"),
+            "pipeline_repro_wall_s_median": median("pipeline", "repro_wall_s"),
             "peer_wall_s_median": median("peer", "wall_s"),
             "ratio_wall_median": round(median("pipeline", "wall_s") / median("peer", "wall_s"), 3),
             "ratio_cpu_median": round(median("pipeline", "cpu_s") / median("peer", "cpu_s"), 3),
