@@ -37,15 +37,15 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 # The installer: uv (`uv pip install`: pip's interface, its own resolver, and a cache it links files from), which
-# pip puts in the .venv first. It makes a fresh .venv's install about ten times quicker than pip's (docs/performance.md,
-# "The first run"). uv reads its own configuration (uv.toml, UV_INDEX_URL...), not pip's: where only pip's
+# pip puts in the .venv first. A fresh .venv's install is several times quicker than pip's (docs/performance.md,
+# "The first run"; docs/install.md). uv reads its own configuration (uv.toml, UV_INDEX_URL...), not pip's: where only pip's
 # (pip.conf: indexes, find-links, constraints) reaches your packages, uv fails and pip installs instead, or
 # INSTALLER=pip goes straight to pip.
 INSTALLER ?= uv
 ifeq ($(INSTALLER),uv)
 installer := "uv>=0.5,<1"
 # --compile-bytecode: pip's default, and uv's only on request. Without it, every process compiles what it
-# imports (TensorFlow: 16 s instead of 4) wherever PYTHONDONTWRITEBYTECODE is set, as on this project's machines.
+# imports, in each new process wherever PYTHONDONTWRITEBYTECODE is set (as on this project's machines).
 install_set = $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python $(1) \
 	|| { echo "make: uv could not install this set; pip will (INSTALLER=pip goes straight to pip)" >&2; \
 	     $(BIN)/python -m pip install --quiet $(1); }

@@ -3,8 +3,9 @@
 Consumes: this checkout (cloned into a temporary folder, so nothing here changes) and ``$DATA_MIRROR`` for the
 smoke run's MNIST. Produces ``benchmarks/results/first-hour-<date>-<time>.json``: for ``make install`` (``.[cpu]``,
 what ``make run`` installs) and then ``make install-dev`` (the tests, lint, docs and every extra) the wall
-seconds and the ``.venv``'s size in MB, and the wall seconds of ``make smoke`` after the install. pip's
-download cache is whatever this machine has: the times are installs, not downloads, where it is warm.
+seconds and the ``.venv``'s size in MB, and the wall seconds of ``make smoke`` after the install, with the
+installer the Makefile used (``INSTALLER``: uv unless set). The download caches (uv's, pip's) are whatever this
+machine has: the times are installs, not downloads, where they are warm.
 
 Run: ``python benchmarks/first_hour.py``.
 """
@@ -45,6 +46,7 @@ def main() -> None:
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
         record: dict[str, object] = {"cpu": subprocess.run(["grep", "-m1", "model name", "/proc/cpuinfo"],
                                                            capture_output=True, text=True).stdout.split(":")[-1].strip()}  # fmt: skip
+        record["installer"] = env.get("INSTALLER", "uv")  # the Makefile's INSTALLER (its default: uv)
         record["install_cpu_s"] = timed(["make", "install"], clone, env)
         record["install_cpu_mb"] = size_mb(clone / ".venv")
         record["install_dev_s"] = timed(["make", "install-dev"], clone, env)

@@ -103,7 +103,7 @@ def main() -> None:
         print(json.dumps(result), flush=True)
 
     def median(side: str, key: str) -> float:
-        return statistics.median(float(r[side][key]) for r in rounds)  # type: ignore[index]
+        return round(statistics.median(float(r[side][key]) for r in rounds), 2)  # type: ignore[index]
 
     record = {
         "benchmark": "first-run",
