@@ -38,25 +38,26 @@ install-dev: $(VENV)/.installed-dev
 
 # The installer: uv (`uv pip install`: pip's interface, its own resolver, and a cache it links files from), which
 # pip puts in the .venv first. A fresh .venv's install is several times quicker than pip's (docs/performance.md,
-# "The first run"; docs/install.md). uv reads its own configuration (uv.toml, UV_INDEX_URL...), not pip's: where only pip's
-# (pip.conf: indexes, find-links, constraints) reaches your packages, uv fails and pip installs instead, or
-# INSTALLER=pip goes straight to pip.
+# "The first run"; docs/install.md). uv reads its own configuration (uv.toml, UV_INDEX_URL...), not pip's:
+# where only pip's (pip.conf: indexes, find-links, constraints) reaches your packages, uv fails and pip installs
+# instead, or INSTALLER=pip goes straight to pip.
 INSTALLER ?= uv
+pip_install = $(BIN)/python -m pip install --quiet
 ifeq ($(INSTALLER),uv)
 installer := "uv>=0.5,<1"
-# --compile-bytecode: pip's default, and uv's only on request. Without it, every process compiles what it
-# imports, in each new process wherever PYTHONDONTWRITEBYTECODE is set (as on this project's machines).
+# --compile-bytecode: pip's default, and uv's only on request. Without it, each new process compiles what it
+# imports wherever PYTHONDONTWRITEBYTECODE is set (as on this project's machines).
 install_set = $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python $(1) \
 	|| { echo "make: uv could not install this set; pip will (INSTALLER=pip goes straight to pip)" >&2; \
-	     $(BIN)/python -m pip install --quiet $(1); }
+	     $(pip_install) $(1); }
 else
 installer :=
-install_set = $(BIN)/python -m pip install --quiet $(1)
+install_set = $(pip_install) $(1)
 endif
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip $(installer)
+	$(pip_install) --upgrade pip $(installer)
 	$(call install_set,-e ".[$(EXTRAS)]")
 	touch $@
 

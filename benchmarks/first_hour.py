@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from records import write_record
+from records import cpu_model, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,8 +44,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         clone = Path(tmp) / "clone"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-        record: dict[str, object] = {"cpu": subprocess.run(["grep", "-m1", "model name", "/proc/cpuinfo"],
-                                                           capture_output=True, text=True).stdout.split(":")[-1].strip()}  # fmt: skip
+        record: dict[str, object] = {"cpu": cpu_model()}
         record["installer"] = env.get("INSTALLER", "uv")  # the Makefile's INSTALLER (its default: uv)
         record["install_cpu_s"] = timed(["make", "install"], clone, env)
         record["install_cpu_mb"] = size_mb(clone / ".venv")

@@ -31,7 +31,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from records import write_record
+from records import cpu_model, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,9 +110,7 @@ def main() -> None:
         "command": f"python benchmarks/first_run.py --rounds {args.rounds} --installer {args.installer}",
         "installer": args.installer,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "cpu": subprocess.run(["grep", "-m1", "model name", "/proc/cpuinfo"], capture_output=True, text=True)
-        .stdout.split(":")[-1]
-        .strip(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "tensorflow_cpu": tensorflow,
         "rounds": rounds,

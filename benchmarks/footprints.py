@@ -21,16 +21,14 @@ import time
 from pathlib import Path
 
 from first_hour import ROOT, size_mb, timed  # the same timing and size, measured the same way
-from records import write_record
+from records import cpu_model, write_record
 
 
 def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHONPATH"))}
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if ".venv" not in p)
     record: dict[str, object] = {
-        "cpu": subprocess.run(["grep", "-m1", "model name", "/proc/cpuinfo"], capture_output=True, text=True)
-        .stdout.split(":")[-1]
-        .strip(),
+        "cpu": cpu_model(),
         "measured": time.strftime("%Y-%m-%d"),
     }
     with tempfile.TemporaryDirectory() as tmp:
