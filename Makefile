@@ -37,7 +37,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 # The installer: uv (`uv pip install`: pip's interface, its own resolver, and a cache it links files from), which
-# pip puts in the .venv first. A fresh .venv's install is several times quicker than pip's (docs/performance.md,
+# pip puts in the .venv first. A fresh .venv's install took well under half of pip's time (docs/performance.md,
 # "The first run"; docs/install.md). uv reads its own configuration (uv.toml, UV_INDEX_URL...), not pip's:
 # where only pip's (pip.conf: indexes, find-links, constraints) reaches your packages, uv fails and pip installs
 # instead, or INSTALLER=pip goes straight to pip.
