@@ -78,7 +78,7 @@ sweep: install  ## a Hydra sweep (SWEEP="optimizer=sgd,rmsprop,adam"), each job 
 predict: install  ## the champion on your images: make predict IMAGES="photo.jpg scan.png"
 	python -m pipeline.predict $(IMAGES)
 
-serve: install  ## REST API of the champion (mlflow models serve) on 127.0.0.1:$(SERVE_PORT) unless HOST says otherwise
+serve: install  ## REST API of the champion (MLflow's scoring server) on 127.0.0.1:$(SERVE_PORT) unless HOST says otherwise
 	python -m pipeline.tracking serve --host $(HOST) --port $(SERVE_PORT) --workers $(SERVE_WORKERS)
 
 server: $(VENV)/.installed-server  ## the team's MLflow tracking server on PostgreSQL, proxied artifacts (AUTH=1: basic-auth) on $(HOST):$(PORT)

@@ -111,18 +111,23 @@ def log_model(model: Path, store: Path) -> str:
 
 
 class Server:
-    """``mlflow models serve`` of ``models:/<model_id>`` on a free port of 127.0.0.1, as ``make serve`` runs it."""
+    """The model ``models:/<model_id>`` served on a free port of 127.0.0.1: by ``make serve``'s command
+    (``python -m pipeline.tracking serve``, the project's app), or, with ``stock``, by MLflow's own
+    ``mlflow models serve --env-manager local`` (what ``make serve`` ran before: the "before" figures)."""
 
-    def __init__(self, model_id: str, store: Path, workers: int) -> None:
+    def __init__(self, model_id: str, store: Path, workers: int, stock: bool = False) -> None:
         from pipeline.server.manage import free_port
 
         self.port = free_port()
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}"}
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-        command = ["mlflow", "models", "serve", "-m", f"models:/{model_id}", "--env-manager", "local",
-                   "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)]  # fmt: skip
-        self.log = (store / f"serve-{workers}.log").open("wb")
-        self.proc = subprocess.Popen(command, cwd=store, env=env, start_new_session=True, stdout=self.log,
+        where = ["--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)]
+        if stock:
+            command = ["mlflow", "models", "serve", "-m", f"models:/{model_id}", "--env-manager", "local", *where]
+        else:
+            command = [sys.executable, "-m", "pipeline.tracking", "serve", "--model", f"models:/{model_id}", *where]
+        self.log = (store / f"serve-{'stock' if stock else 'project'}-{workers}.log").open("wb")
+        self.proc = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, stdout=self.log,
                                      stderr=self.log)  # fmt: skip
         self.local = threading.local()
         deadline = time.monotonic() + 300
@@ -241,6 +246,7 @@ def breakdown(model_id: str, store: Path, bodies: dict[str, list[bytes]]) -> dic
     """Where a request's time goes, in this process: JSON parsing, and the pyfunc's predict (checks, conversion,
     the forward pass, the answer) against its forward pass alone."""
     import mlflow
+    import orjson
     from mlflow.pyfunc import scoring_server
 
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
@@ -249,15 +255,22 @@ def breakdown(model_id: str, store: Path, bodies: dict[str, list[bytes]]) -> dic
     schema = pyfunc.metadata.get_input_schema()
     out = {}
     for name, requests in bodies.items():
-        parse, predict, forward, server = [], [], [], []
+        parse, fast_parse, predict, forward, server, project = [], [], [], [], [], []
         for body in requests:
             start = time.perf_counter()  # the server's whole handling of the body, less HTTP: parsing, predict, answer
             answer = scoring_server.invocations(body, "application/json", pyfunc, schema)
             server.append(time.perf_counter() - start)
             assert answer.status == 200, answer.response[:300]
+            start = time.perf_counter()  # the project's route: decoded once, by orjson (pipeline.tracking.scoring)
+            answer = scoring_server.invocations(orjson.loads(body), "application/json", pyfunc, schema)
+            project.append(time.perf_counter() - start)
+            assert answer.status == 200, answer.response[:300]
             start = time.perf_counter()
             instances = json.loads(body)["inputs"]
             parse.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            orjson.loads(body)
+            fast_parse.append(time.perf_counter() - start)
             start = time.perf_counter()
             pyfunc.predict(instances)
             predict.append(time.perf_counter() - start)
@@ -268,9 +281,11 @@ def breakdown(model_id: str, store: Path, bodies: dict[str, list[bytes]]) -> dic
         out[name] = {
             "request_bytes": len(requests[0]),
             "json_loads_ms": round(float(np.median(parse)) * 1e3, 2),
+            "orjson_loads_ms": round(float(np.median(fast_parse)) * 1e3, 2),
             "pyfunc_predict_ms": round(float(np.median(predict)) * 1e3, 2),
             "forward_ms": round(float(np.median(forward)) * 1e3, 2),
             "server_invocations_ms": round(float(np.median(server)) * 1e3, 2),
+            "project_invocations_ms": round(float(np.median(project)) * 1e3, 2),
         }
     return out
 
@@ -279,7 +294,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "model.keras")
     parser.add_argument("--mnist", type=Path, default=Path(os.environ.get("DATA_MIRROR", ROOT / "data" / "raw")))
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="make serve's command, per count")
+    parser.add_argument("--stock-workers", type=int, nargs="*", default=[1],
+                        help="mlflow models serve as it is (the before figures), per count")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds of bare and served calls")
     parser.add_argument("--requests", type=int, default=100, help="single-image requests a round, per kind")
     parser.add_argument("--batches", type=int, default=8, help="100-image requests a round, per kind")
@@ -312,13 +329,14 @@ def main() -> None:
         "batch_size": BATCH,
         "concurrency": args.concurrency,
         "served": {},
+        "stock": {},
     }
     with tempfile.TemporaryDirectory(prefix="serving-") as tmp:
         store = Path(tmp)
         model_id = log_model(args.model, store)
         bare = Bare(args.model)
-        for workers in args.workers:
-            server = Server(model_id, store, workers)
+        for stock, workers in [(False, n) for n in args.workers] + [(True, n) for n in args.stock_workers]:
+            server = Server(model_id, store, workers, stock)
             try:
                 for body in singles["json"][:20] + batches["json"][:2] + batches["npy"][:2]:  # warm: allocations
                     server.invoke(body)
@@ -339,7 +357,7 @@ def main() -> None:
                 figures[f"batched_{kind}_ratio_to_bare"] = round(
                     float(np.median([s[f"batched_{kind}"] / b["traced_batched"] for b, s in pairs])), 3
                 )
-            record["served"][f"workers_{workers}"] = figures
+            record["stock" if stock else "served"][f"workers_{workers}"] = figures
         record["breakdown"] = breakdown(
             model_id, store, {"single_json": singles["json"][:50], **{f"batch_{k}": v[:8] for k, v in batches.items()}}
         )
