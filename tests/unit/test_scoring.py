@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import gc
 import json
+import threading
+from typing import ClassVar
 
 import mlflow.pyfunc
 import pytest
@@ -19,13 +21,23 @@ from pipeline.tracking.served import KERAS_ARTIFACT, ServedModel
 from tests.unit.test_served import Network, images
 
 
+class Recording(Network):
+    """The stand-in network, also recording whether the garbage collector was on at each forward pass."""
+
+    collector: ClassVar[list[bool]] = []
+
+    def forward(self, x):
+        Recording.collector.append(gc.isenabled())
+        return super().forward(x)
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """The served pyfunc saved as MLflow saves a logged one (its type-hint signature included): its folder."""
     folder = tmp_path_factory.mktemp("scoring")
     weights = folder / "model.keras"
     weights.write_bytes(b"the network's bytes")
-    python_model = ServedModel(Network, [str(i) for i in range(10)], ImageSpec(), sha256_file(weights), (28, 28, 1))
+    python_model = ServedModel(Recording, [str(i) for i in range(10)], ImageSpec(), sha256_file(weights), (28, 28, 1))
     mlflow.pyfunc.save_model(
         folder / "model", python_model=python_model, artifacts={KERAS_ARTIFACT: str(weights)}, pip_requirements=[]
     )
@@ -93,6 +105,42 @@ def test_a_json_body_is_decoded_once(clients, monkeypatch):
     calls.clear()
     assert ours.post("/invocations", content=body, headers={"content-type": JSON}).status_code == 200
     assert calls == []
+
+
+def test_the_collector_is_paused_while_a_request_is_handled_and_resumes_after(clients):
+    ours, stock = clients
+    assert gc.isenabled()
+    Recording.collector.clear()
+    for client in (ours, stock):
+        assert client.post("/invocations", json={"inputs": X.tolist()}).status_code == 200
+    assert Recording.collector == [False, True]  # ours paused it, the stock app did not
+    assert gc.isenabled()
+
+
+def test_the_pause_is_shared_by_threads_and_restores_what_it_found():
+    pause, inside, release = scoring.CollectorPause(), threading.Event(), threading.Event()
+
+    def request():
+        with pause:
+            inside.set()
+            release.wait(10)
+
+    other = threading.Thread(target=request)
+    other.start()
+    inside.wait(10)
+    with pause:
+        assert not gc.isenabled()
+    assert not gc.isenabled()  # the other request is still inside
+    release.set()
+    other.join(10)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with pause:
+            pass
+        assert not gc.isenabled()  # off before, off after
+    finally:
+        gc.enable()
 
 
 def test_the_app_serves_the_model_its_variable_names_and_refuses_without_one(saved, monkeypatch):
