@@ -8,8 +8,9 @@ architecture's, not the weights') and MNIST's test images (``--mnist``: a folder
 What it does, all on 127.0.0.1 with bounded load (a fixed number of requests, a few at a time):
 
 1. logs the file as the pipeline's pyfunc (``tracking.log_model``, as the train stage does) in a throw-away
-   store, and serves it with ``mlflow models serve -m models:/<id> --env-manager local --workers N`` (what
-   ``make serve`` runs), once per ``--workers`` value;
+   store, and serves it with ``make serve``'s command, ``python -m pipeline.tracking serve --model
+   models:/<id> --workers N``, once per ``--workers`` value, then with stock ``mlflow models serve -m
+   models:/<id> --env-manager local`` once per ``--stock-workers`` value (the "before" figures);
 2. then ``--rounds`` rounds, each the bare calls then the served ones (alternating, so that the machine's drift
    hits both alike):
 
@@ -23,9 +24,10 @@ What it does, all on 127.0.0.1 with bounded load (a fixed number of requests, a 
      traced forward pass (:func:`pipeline.model.inference.traced`, what the served model runs); for the PNG, the
      preparation (:func:`pipeline.data.imageprep.prepare_image`) then the traced call;
 
-3. where a served request's time goes, in this process: ``json.loads`` of the body, the pyfunc's ``predict``
-   (checks, conversion, forward pass, answer), its forward pass alone, and MLflow's scoring server's handling of
-   the same body (``mlflow.pyfunc.scoring_server.invocations``: what ``/invocations`` runs, less HTTP).
+3. where a served request's time goes, in this process: ``json.loads`` and orjson's ``loads`` of the body, the
+   pyfunc's ``predict`` (checks, conversion, forward pass, answer), its forward pass alone, and the whole
+   handling of the same body, less HTTP: stock (``mlflow.pyfunc.scoring_server.invocations``) and ``make
+   serve``'s (``pipeline.tracking.scoring.invoke``).
 
 Latency: the median of the rounds' p50, the p99 of all requests; throughput: the median of the rounds'. The
 differences and ratios (medians over rounds of each round's) compare with the traced bare call, the faster one.
