@@ -10,6 +10,8 @@
   machines; :mod:`~pipeline.tracking.card` (pure): a registered version's model card;
 - :mod:`~pipeline.tracking.exports`: a champion's exported files (TF-Lite, ONNX) logged with its version;
 - :mod:`~pipeline.tracking.sweeps`: a sweep's parent run and its table of results;
+- :mod:`~pipeline.tracking.served`: the served model, a pyfunc that prepares images as predict does;
+  :mod:`~pipeline.tracking.scoring`: ``make serve``'s web app, MLflow's scoring server decoding a request once;
 - :mod:`~pipeline.tracking.cli`: ``python -m pipeline.tracking uri|champion|ui|serve``.
 
 A new tracking feature goes in the module of its kind, and is called from a stage (``pipeline.stages``), never
