@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from records import cpu_model  # noqa: E402
+from records import cpu_model, write_record  # noqa: E402
 
 PROBE = """
 import json, os, sys, time
@@ -86,10 +86,8 @@ def main() -> None:
             )
     record["summary"] = summary
     record["load_average_after"] = list(os.getloadavg())
-    out = ROOT / "benchmarks" / "results" / f"import-cost-{datetime.datetime.now(datetime.UTC):%Y%m%d-%H%M%S}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
-    print(f"written: {out.relative_to(ROOT)}")
+    write_record("import-cost", record)
 
 
 if __name__ == "__main__":

@@ -96,7 +96,8 @@ def serve(uri: str, name: str, alias: str, argv: list[str]) -> None:
         MODEL_ENV: model,
         MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.name: str(opts.timeout),
     })  # fmt: skip
+    app_dir = str(Path(pipeline.__file__).resolve().parents[1])  # where uvicorn imports the app from
     os.execv(sys.executable, [
-        sys.executable, "-m", "uvicorn", "--factory", "pipeline.tracking.scoring:create_app", "--app-dir",
-        str(Path(pipeline.__file__).resolve().parents[1]), "--host", opts.host, "--port", str(opts.port), "--workers", str(opts.workers),
+        sys.executable, "-m", "uvicorn", "--factory", "pipeline.tracking.scoring:create_app", "--app-dir", app_dir,
+        "--host", opts.host, "--port", str(opts.port), "--workers", str(opts.workers),
     ])  # fmt: skip
