@@ -31,7 +31,9 @@ def no_tensorflow(monkeypatch):
 
 
 def child_work(marker: Path, release: Path) -> tuple[int, str]:
-    marker.write_text(str(os.getpid()))
+    written = marker.with_suffix(".part")
+    written.write_text(str(os.getpid()))
+    written.replace(marker)  # whole: the parent may read the marker the moment it exists
     wait_for(release)
     return os.getpid(), "scored"
 
