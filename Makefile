@@ -1,5 +1,6 @@
 # Entry points: `make run` (the pipeline), `make ui` (MLflow UI), `make test` (unit + integration tests),
-# `make test-unit` (seconds), `make test-services` (servers, clusters), `make test-slow` (full data),
+# `make test-unit` (seconds), `make test-e2e` (DVC's commands end to end), `make test-services` (servers,
+# clusters), `make test-slow` (full data),
 # `make lint`. Each creates .venv and installs the project first, so none needs an activated environment.
 VENV ?= .venv
 PYTHON ?= python3
@@ -25,7 +26,7 @@ SWEEP ?= optimizer=sgd,rmsprop,adam
 # last to fill the gaps (xdist's default orders by number of tests, which left a 60 s file to run alone last).
 TEST_WORKERS ?= 2
 
-.PHONY: install install-dev smoke exps report docs run ui sweep predict serve server server-stop test test-unit test-faults test-services test-slow test-all lint format params clean
+.PHONY: install install-dev smoke exps report docs run ui sweep predict serve server server-stop test test-unit test-e2e test-faults test-services test-slow test-all lint format params clean
 
 # make install: what the pipeline runs on (TensorFlow's CPU wheel: EXTRAS=gpu for the CUDA one); make install-dev
 # adds the tests, lint, docs and every optional extra; `make server` adds the team server's. docs/install.md
@@ -87,8 +88,11 @@ server: $(VENV)/.installed-server  ## the team's MLflow tracking server on Postg
 server-stop: $(VENV)/.installed-server  ## stop what `make server` started: the server and its PostgreSQL cluster
 	python -m pipeline.server stop --state-dir $(SERVER_STATE)
 
-test: install-dev  ## unit + integration tests (small real subsets of MNIST), the quick suite, in $(TEST_WORKERS) processes
+test: install-dev  ## unit + integration tests (small real subsets of MNIST), the quick suite, in $(TEST_WORKERS) processes (DVC's commands: make test-e2e)
 	pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
+test-e2e: install-dev  ## DVC's own commands end to end in copies of the project (dvc repro, dvc exp run, its queue, a new stage)
+	pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "e2e and not services and not slow and not faults"
 
 test-faults: install-dev  ## the fault tier (real read-only mounts, a full tmpfs, swapped models, hostile images, signals): tests/faults and test_faults.py
 	pytest -n $(TEST_WORKERS) --dist loadfile -m "faults and not services and not slow"
@@ -102,7 +106,7 @@ test-unit: install-dev  ## unit tests: synthetic arrays, in-process, seconds
 test-slow: install-dev  ## full-data tests: the default pipeline end to end, serving, the UI
 	pytest -m slow
 
-test-all: test test-faults test-services test-slow  ## everything CI runs
+test-all: test test-e2e test-faults test-services test-slow  ## everything CI runs
 
 lint: install-dev  ## ruff (lint and format check) and mypy, as CI runs them
 	ruff check .

@@ -35,6 +35,9 @@ from pipeline.tracking.served import MAX_BATCH
 from tests.conftest import copy_repo, stage_env
 from tests.integration.test_run import assert_nowhere, written_files
 
+#: Every test here reads the scenario of DVC's own processes (or is slow): `make test-e2e`, not the quick suite.
+pytestmark = pytest.mark.e2e
+
 SECRETS = {"params": "params-secret-1", "sweep": "sweep-secret-2", "env": "env-secret-3", "password": "env-secret-4"}
 
 

@@ -178,6 +178,7 @@ def test_the_docs_snippets_run_and_state_the_tests_thresholds(champion, tmp_path
     assert f"{4 * SEED_PARAMETERS / 1e6:.1f} MB" in text
 
 
+@pytest.mark.e2e  # the evaluate stage as its own process, as DVC runs it
 def test_the_dvc_stage_exports_after_its_scoring_child(tmp_path, mirror, mnist_small, monkeypatch):
     """``python -m pipeline.stages.evaluate`` as DVC runs it, after a training as the train stage records it:
     it scores in a forked child while its own process has no TensorFlow, then exports the promoted model."""

@@ -16,6 +16,9 @@ import pytest
 from tests.conftest import stage_env
 from tests.integration.conftest import store
 
+#: The module's project is made by `dvc repro`: `make test-e2e`, not the quick suite.
+pytestmark = pytest.mark.e2e
+
 CLASSES = [str(d) for d in range(10)]
 
 

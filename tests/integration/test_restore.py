@@ -65,6 +65,7 @@ def project(tmp_path_factory, mnist_small):
     return repo, env
 
 
+@pytest.mark.e2e  # dvc repro and dvc exp run on the module's project
 def test_a_refused_params_yaml_then_fixed_restores_train_and_evaluate_from_the_cache(project):
     repo, env = project
     params = repo / "params.yaml"
@@ -85,6 +86,7 @@ def test_a_refused_params_yaml_then_fixed_restores_train_and_evaluate_from_the_c
     assert dvc(repo, env, "status").stdout.strip().endswith("Data and pipelines are up to date.")
 
 
+@pytest.mark.e2e  # dvc repro and dvc exp run on the module's project
 def test_dvc_exp_run_of_a_configuration_already_run_restores_instead_of_retraining(project):
     repo, env = project
     trained = dvc(repo, env, "exp", "run", "-S", "optimizer=sgd")
@@ -135,6 +137,7 @@ def test_a_stage_run_by_an_interpreter_without_the_packages_uses_the_projects_or
     assert ran.stdout.strip() == f"sqlite:///{repo / 'mlflow.db'}"
 
 
+@pytest.mark.e2e  # dvc repro and dvc exp run on the module's project
 def test_the_change_report_compares_two_commits_with_different_optimizers(project):
     """make report BASE=HEAD: the workspace holding an sgd experiment (dvc exp run leaves its commit's outputs
     there) against the committed adam baseline: the params and metrics diffs, both revisions' plots in one image,

@@ -14,6 +14,7 @@ import sys
 import textwrap
 
 import mlflow
+import pytest
 
 from pipeline import tracking
 from pipeline.stages import train
@@ -62,6 +63,7 @@ def test_a_tuner_without_a_validation_split_is_refused_before_any_training(app, 
     assert not [r for r in runs if "overrides" in r.data.tags and r.data.metrics.get("test_accuracy")]
 
 
+@pytest.mark.e2e  # dvc repro of the new stage
 def test_a_new_stage_follows_the_recipe(repo_copy, mirror):
     """CONTRIBUTING.md's recipe for a stage, done as a newcomer would: a module in pipeline/stages/ with run()
     and main(), its output path in the schema and conf/, a stage in dvc.yaml whose code deps
