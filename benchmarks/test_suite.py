@@ -46,7 +46,7 @@ def workers() -> str:
 
 
 def run(extra: list[str], n: str) -> dict:
-    command = [sys.executable, "-m", "pytest", "-n", n, "--dist", "loadfile", "--no-loadscope-reorder", "-q", *extra]
+    command = [sys.executable, "-m", *RECIPE.replace("$(TEST_WORKERS)", n).split(), "-q", *extra]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.setdefault("MPLBACKEND", "Agg")
     load = os.getloadavg()[0]
